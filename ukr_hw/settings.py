@@ -1,0 +1,115 @@
+"""One settings object for the whole project.
+
+Every path, URI, bucket, port and credential lives here. Values come from environment variables with the
+``UKR_HW_`` prefix, then from a ``.env`` file in the working directory, then from the defaults below. The
+defaults are the *embedded* setup: no servers at all (MLflow and Optuna on local SQLite files, a local folder in
+place of S3, Prefect's embedded API). Point the URIs at servers to run against the stack (see ``.env.example``).
+
+Relative paths are resolved against ``root`` (the repo root by default: the current working directory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UKR_HW_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------------------------
+    root: Path = Field(default_factory=Path.cwd, description="Project root; relative paths resolve here.")
+    data_dir: Path = Path("data")
+    data_mirror: Path | None = Field(
+        default=None, description="Local folder laid out like shared/datasets; when unset, ingest downloads."
+    )
+
+    # --- upstream sources (used when no mirror is set) ---------------------------------------------------
+    rukopys_repo: str = "lynnporu/rukopys-dataset"
+    rukopys_commit: str = "d02f11f"
+    mnist_base_url: str = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+
+    # --- data preparation ---------------------------------------------------------------------------------
+    mnist_per_class: int = Field(50, ge=0, description="MNIST digits per class joining the fine-tune set.")
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 42
+    font_glyphs: bool = Field(True, description="Render extra training glyphs from handwriting-style fonts.")
+    font_dirs: list[Path] = [Path("/usr/share/fonts")]
+
+    # --- DVC ----------------------------------------------------------------------------------------------
+    dvc_remote_url: str = Field(".dvc-storage", description="Local folder or s3://bucket/prefix.")
+    dvc_remote_endpoint_url: str | None = None
+    dvc_push: bool = True
+
+    # --- MLflow / registry ---------------------------------------------------------------------------------
+    mlflow_tracking_uri: str = "sqlite:///mlflow.db"
+    mlflow_artifact_root: str = Field("mlartifacts", description="Used only with a local (non-server) store.")
+    mlflow_experiment: str = "ukr-hw"
+    model_name: str = "ukr-hw"
+    champion_alias: str = "champion"
+    promotion_case_tolerance: float = Field(0.01, ge=0, description="Case accuracy may drop by at most this.")
+
+    # --- Optuna ---------------------------------------------------------------------------------------------
+    optuna_storage: str = "sqlite:///optuna.db"
+
+    # --- feedback store (S3 or a local folder) --------------------------------------------------------------
+    feedback_uri: str = Field("data/feedback", description="Local folder, or s3://bucket[/prefix].")
+    feedback_spool_dir: Path = Path("data/feedback-spool")
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+
+    # --- serving ----------------------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 3000
+    api_url: str = "http://127.0.0.1:3000"
+    admin_token: SecretStr | None = Field(default=None, description="Bearer token for POST /admin/reload.")
+    max_upload_bytes: int = 5 * 1024 * 1024
+    max_image_side: int = 4096
+    max_batch_images: int = 64
+    reload_interval_s: float = 30.0
+
+    # --- UI -----------------------------------------------------------------------------------------------
+    ui_host: str = "127.0.0.1"
+    ui_port: int = 7860
+
+    @field_validator("data_mirror", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v in ("", None) else v
+
+    def path(self, p: Path | str) -> Path:
+        """Resolve ``p`` against ``root`` unless it is absolute."""
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else (self.root / p)
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.path(self.data_dir) / "raw"
+
+    @property
+    def processed_dir(self) -> Path:
+        return self.path(self.data_dir) / "processed"
+
+    def _resolve_sqlite(self, uri: str) -> str:
+        """A relative ``sqlite:///file`` made absolute against ``root``; other URIs unchanged."""
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            return prefix + str(self.path(uri[len(prefix) :]))
+        return uri
+
+    def resolved_tracking_uri(self) -> str:
+        """MLflow tracking URI, a relative SQLite file resolved against ``root``."""
+        return self._resolve_sqlite(self.mlflow_tracking_uri)
+
+    def resolved_optuna_storage(self) -> str:
+        """Optuna RDB storage URL, a relative SQLite file resolved against ``root``."""
+        return self._resolve_sqlite(self.optuna_storage)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """A fresh settings object (cheap; read each time so tests and flows can change the environment)."""
+    return Settings(**overrides)  # type: ignore[arg-type]
