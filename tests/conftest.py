@@ -1,0 +1,40 @@
+"""Shared test setup.
+
+Fixtures live in one plugin module per area so that each stays short and has one owner:
+
+* ``tests/fixtures/data.py``    — prepared data (the real prep flow on the mirror, small MNIST share)
+* ``tests/fixtures/models.py``  — a temporary MLflow registry with a trained tiny champion
+* ``tests/fixtures/servers.py`` — real servers on loopback: PostgreSQL databases, SeaweedFS (S3), mlflow server,
+  BentoML and Gradio processes
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["tests.fixtures.data", "tests.fixtures.models", "tests.fixtures.servers"]
+
+REPO = Path(__file__).resolve().parents[1]
+#: The raw-data mirror (CI sets it to ../shared/datasets); tests that need raw data are skipped without it.
+MIRROR = Path(os.environ.get("UKR_HW_DATA_MIRROR", REPO.parent / "shared" / "datasets")).resolve()
+
+os.environ.setdefault("TORCH_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    if not (MIRROR / "rukopys" / "glyphs.csv").exists():
+        pytest.skip(f"raw-data mirror not found at {MIRROR}; set UKR_HW_DATA_MIRROR")
+    return MIRROR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api():
+    """A real, temporary Prefect API (SQLite) for every flow the tests run."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,1 @@
+"""Data: ingest, Rukopys cleaning, glyph prep, MNIST decoding, synthetic glyphs, merge, split, versioning."""

@@ -1,0 +1,1 @@
+"""The two-headed CNN, its LightningModule, data module, augmentation and metrics."""

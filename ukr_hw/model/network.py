@@ -1,0 +1,79 @@
+"""The network: a small CNN body with two heads (43-way symbol, upper/lower case).
+
+Input ``x`` is ``(B, 1, 28, 28)`` float in [0, 1] (ink = 1) and ``ink`` is ``(B, 2)``: the ink box's height and
+width relative to the canvas (see ``ukr_hw.preprocess.Glyph.features``), which the case head sees next to the
+image features because uppercase letters are drawn bigger. Outputs are logits: ``(B, 43)`` and ``(B,)``.
+Built from a plain dict so a logged model is rebuilt from ``config.json`` + ``state_dict`` without pickles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ukr_hw.labels import NUM_CLASSES
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    width: int = 32  #: channels of the first block; doubled in each of the three blocks
+    hidden: int = 256  #: size of the shared embedding
+    dropout: float = 0.3
+    use_ink_features: bool = True  #: feed the ink-box geometry to the case head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UkrHwNet(nn.Module):
+    def __init__(self, config: NetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or NetConfig()
+        w = self.config.width
+        self.body = nn.Sequential(
+            _block(1, w),
+            nn.MaxPool2d(2),  # 14×14
+            _block(w, 2 * w),
+            nn.MaxPool2d(2),  # 7×7
+            _block(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(3),  # 3×3
+            nn.Flatten(),
+            nn.Dropout(self.config.dropout),
+            nn.Linear(4 * w * 9, self.config.hidden),
+            nn.BatchNorm1d(self.config.hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(self.config.dropout),
+        )
+        self.symbol_head = nn.Linear(self.config.hidden, NUM_CLASSES)
+        n_geo = 2 if self.config.use_ink_features else 0
+        self.case_head = nn.Sequential(
+            nn.Linear(self.config.hidden + n_geo, 64), nn.ReLU(inplace=True), nn.Linear(64, 1)
+        )
+
+    def forward(self, x: torch.Tensor, ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.body(x)
+        zc = torch.cat([z, ink], dim=1) if self.config.use_ink_features else z
+        return self.symbol_head(z), self.case_head(zc).squeeze(1)
+
+
+def build_network(config: NetConfig | dict | None = None) -> UkrHwNet:
+    if isinstance(config, dict):
+        config = NetConfig.from_dict(config)
+    return UkrHwNet(config)
