@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 42
     font_glyphs: bool = Field(True, description="Render extra training glyphs from handwriting-style fonts.")
+    mnist_limit: int | None = Field(None, ge=1, description="Cap the full MNIST train/test arrays (fast tests).")
+    prep_workers: int = Field(2, ge=1, description="Processes for glyph/MNIST preprocessing.")
+    frozen_test_ids: Path = Field(
+        Path("configs/frozen_test_ids.txt"), description="The frozen fine-tune test split (ids), kept in git."
+    )
     font_dirs: list[Path] = [Path("/usr/share/fonts")]
 
     # --- DVC ----------------------------------------------------------------------------------------------
@@ -76,7 +81,7 @@ class Settings(BaseSettings):
     ui_host: str = "127.0.0.1"
     ui_port: int = 7860
 
-    @field_validator("data_mirror", mode="before")
+    @field_validator("data_mirror", "mnist_limit", mode="before")
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v in ("", None) else v
