@@ -1,0 +1,278 @@
+"""Inference: load a registered model without pickles and classify glyphs, arrays or image files.
+
+The one place that turns network outputs into the public result shape used by the CLI, the API and the UI::
+
+    {"label": "ї", "is_uppercase": true, "case_probability": 0.93,
+     "top": [{"label": "ї", "probability": 0.91}, … 5 entries], "model_version": "3"}
+
+``label`` is the lowercase symbol; ``is_uppercase`` / ``case_probability`` are ``null`` for digits.
+
+A model is loaded from the registry (``models:/ukr-hw@champion`` by default) by downloading its two artifacts,
+``config.json`` (the :class:`~ukr_hw.model.network.NetConfig`) and ``state_dict.pt`` (weights only), and
+rebuilding the network with :func:`~ukr_hw.model.network.build_network` — no pickled classes, no pyfunc layer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ukr_hw.labels import NUM_CLASSES, has_case, symbol_of
+from ukr_hw.model.network import UkrHwNet, build_network
+from ukr_hw.settings import Settings, get_settings
+
+TOP_K = 5
+DECIMALS = 5
+STATE_DICT_FILE = "state_dict.pt"
+CONFIG_FILE = "config.json"
+
+
+class ModelNotFoundError(RuntimeError):
+    """No model under the requested URI (e.g. nothing registered as champion yet)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def champion_uri(settings: Settings | None = None) -> str:
+    s = settings or get_settings()
+    return f"models:/{s.model_name}@{s.champion_alias}"
+
+
+def resolve_model_uri(model_uri: str | None = None, settings: Settings | None = None) -> tuple[str, str | None]:
+    """``(uri with a numeric version, version)``: ``models:/name@alias`` is resolved to ``models:/name/N`` so that
+    what is loaded and the version it reports cannot drift apart when the alias moves meanwhile."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    s = settings or get_settings()
+    uri = model_uri or champion_uri(s)
+    if not uri.startswith("models:/"):
+        return uri, None
+    name_ref = uri[len("models:/") :].strip("/")
+    tracking_uri = s.resolved_tracking_uri()
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        if "@" in name_ref:
+            name, alias = name_ref.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias).version
+        else:
+            name, _, ref = name_ref.partition("/")
+            if ref.isdigit():
+                version = ref
+            else:  # "latest" or a stage name
+                versions = client.search_model_versions(f"name='{name}'")
+                if not versions:
+                    raise ModelNotFoundError(f"no versions of model {name!r} in {tracking_uri}")
+                version = str(max(int(v.version) for v in versions))
+    except MlflowException as exc:
+        if model_uri is None or uri == champion_uri(s):
+            raise ModelNotFoundError(
+                f"no model registered as {s.model_name}@{s.champion_alias} in {tracking_uri}: run `ukr-hw train` first"
+            ) from exc
+        raise ModelNotFoundError(f"model {uri} not found in {tracking_uri}: {exc.message}") from exc
+    return f"models:/{name}/{version}", str(version)
+
+
+def _find(root: Path, name: str) -> Path:
+    hits = sorted(root.rglob(name))
+    if not hits:
+        raise ModelNotFoundError(f"the model at {root} has no {name}; was it logged with ukr_hw.tracking?")
+    return hits[0]
+
+
+def load_net_from_dir(model_dir: Path | str) -> UkrHwNet:
+    """Rebuild the network from a logged model's folder (``config.json`` + ``state_dict.pt`` anywhere below)."""
+    root = Path(model_dir)
+    config = json.loads(_find(root, CONFIG_FILE).read_text())
+    net = build_network(config)
+    state = torch.load(_find(root, STATE_DICT_FILE), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def load_net(model_uri: str | None = None, settings: Settings | None = None) -> tuple[UkrHwNet, str | None]:
+    """``(net, version)`` for a model URI (default: the champion). Accepts ``models:/…``, ``runs:/…`` and paths."""
+    import mlflow.artifacts
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    s = settings or get_settings()
+    uri, version = resolve_model_uri(model_uri, s)
+    if os.path.isdir(uri):
+        return load_net_from_dir(uri), version
+    tracking_uri = s.resolved_tracking_uri()
+    with tempfile.TemporaryDirectory(prefix="ukr-hw-model-") as tmp:
+        mlflow.set_registry_uri(tracking_uri)
+        try:
+            for name in (CONFIG_FILE, STATE_DICT_FILE):  # only the two files we need, not the whole model folder
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{uri}/artifacts/{name}", dst_path=tmp, tracking_uri=tracking_uri
+                )
+        except Exception:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri)
+            return load_net_from_dir(local), version
+        return load_net_from_dir(tmp), version
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Results
+
+
+def _r(p: float) -> float:
+    return round(float(p), DECIMALS)
+
+
+def format_result(probs: np.ndarray, case_prob: float, model_version: str | None) -> dict[str, Any]:
+    """The public result for one glyph from its symbol probabilities (43,) and P(uppercase)."""
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if probs.shape[0] != NUM_CLASSES:
+        raise ValueError(f"expected {NUM_CLASSES} symbol probabilities, got {probs.shape[0]}")
+    order = np.argsort(-probs, kind="stable")[:TOP_K]
+    best = int(order[0])
+    label = symbol_of(best)
+    cased = has_case(best)
+    return {
+        "label": label,
+        "is_uppercase": bool(case_prob >= 0.5) if cased else None,
+        "case_probability": _r(case_prob) if cased else None,
+        "top": [{"label": symbol_of(int(i)), "probability": _r(probs[i])} for i in order],
+        "model_version": None if model_version is None else str(model_version),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Predictor
+
+
+class Predictor:
+    """A network in eval mode plus the version it came from; thread-safe for inference."""
+
+    def __init__(self, net: torch.nn.Module, model_version: str | None = None, batch_size: int = 256) -> None:
+        self.net = net.eval()
+        self.model_version = None if model_version is None else str(model_version)
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_uri(cls, model_uri: str | None = None, settings: Settings | None = None) -> Predictor:
+        """Load ``model_uri`` (default ``models:/<model_name>@champion``), resolving aliases to a version."""
+        net, version = load_net(model_uri, settings)
+        return cls(net, version)
+
+    @classmethod
+    def from_dir(cls, model_dir: Path | str, model_version: str | None = None) -> Predictor:
+        return cls(load_net_from_dir(model_dir), model_version)
+
+    def predict_arrays(self, x: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``x`` (N,28,28) float in [0,1] (uint8 0-255 accepted), ``ink`` (N,2) → ``(probs (N,43), P(upper) (N,))``."""
+        x = np.asarray(x)
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / 255.0
+        x = np.asarray(x, dtype=np.float32).reshape(-1, 28, 28)
+        ink = np.asarray(ink, dtype=np.float32).reshape(-1, 2)
+        if len(x) != len(ink):
+            raise ValueError(f"{len(x)} images but {len(ink)} ink rows; pass one [height, width] pair per image")
+        probs = np.empty((len(x), NUM_CLASSES), dtype=np.float32)
+        case = np.empty((len(x),), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(x), self.batch_size):
+                xb = torch.from_numpy(x[start : start + self.batch_size]).unsqueeze(1)
+                ib = torch.from_numpy(ink[start : start + self.batch_size])
+                logits, case_logit = self.net(xb, ib)
+                probs[start : start + len(xb)] = torch.softmax(logits.float(), dim=1).numpy()
+                case[start : start + len(xb)] = torch.sigmoid(case_logit.float()).numpy()
+        return probs, case
+
+    def predict_glyphs(self, glyphs: Sequence[Any]) -> list[dict[str, Any]]:
+        """Results for preprocessed :class:`~ukr_hw.preprocess.Glyph` objects."""
+        if not glyphs:
+            return []
+        x = np.stack([g.pixels for g in glyphs]).astype(np.float32)
+        ink = np.stack([g.features for g in glyphs]).astype(np.float32)
+        probs, case = self.predict_arrays(x, ink)
+        return [format_result(p, float(c), self.model_version) for p, c in zip(probs, case, strict=True)]
+
+    def predict_sources(self, sources: Sequence[Any]) -> list[dict[str, Any]]:
+        """Preprocess (the one path) and predict images given as paths, bytes, PIL images, arrays or dicts."""
+        from ukr_hw.preprocess import preprocess
+
+        return self.predict_glyphs([preprocess(s) for s in sources])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def _preprocess_one(path: str) -> tuple[np.ndarray, np.ndarray] | str:
+    """(uint8 pixels, ink features) or the error message; runs in worker processes."""
+    from ukr_hw.preprocess import PreprocessError, preprocess
+
+    try:
+        g = preprocess(Path(path))
+    except PreprocessError as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"cannot process {path}: {exc.__class__.__name__}: {exc}"
+    return g.pixels.astype(np.float32), g.features
+
+
+def _preprocess_chunk(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray] | str]:
+    return [_preprocess_one(p) for p in paths]
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def predict_paths(
+    paths: Iterable[str | Path],
+    model_uri: str | None = None,
+    batch_size: int = 256,
+    *,
+    predictor: Predictor | None = None,
+    workers: int | None = None,
+    settings: Settings | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Classify image files in input order: ``{"path", **result}`` or ``{"path", "error"}`` for a bad file.
+
+    The model is loaded once; files are preprocessed in chunks (in a process pool when there are many) and
+    predicted in batches of ``batch_size``.
+    """
+    items = [str(p) for p in paths]
+    if not items:
+        return
+    pred = predictor or Predictor.from_uri(model_uri, settings)
+    pred.batch_size = batch_size
+    chunk = max(16, min(batch_size, 256))
+    n_workers = workers if workers is not None else (min(os.cpu_count() or 1, 4) if len(items) >= 512 else 0)
+
+    def emit(batch: list[str], prepped: list[tuple[np.ndarray, np.ndarray] | str]) -> Iterator[dict[str, Any]]:
+        good = [i for i, r in enumerate(prepped) if not isinstance(r, str)]
+        results: dict[int, dict[str, Any]] = {}
+        if good:
+            x = np.stack([prepped[i][0] for i in good])  # type: ignore[index]
+            ink = np.stack([prepped[i][1] for i in good])  # type: ignore[index]
+            probs, case = pred.predict_arrays(x, ink)
+            for j, i in enumerate(good):
+                results[i] = format_result(probs[j], float(case[j]), pred.model_version)
+        for i, path in enumerate(batch):
+            r = prepped[i]
+            yield {"path": path, "error": r} if isinstance(r, str) else {"path": path, **results[i]}
+
+    if n_workers > 1:
+        with ProcessPoolExecutor(max_workers=n_workers) as pool:
+            batches = list(_chunks(items, chunk))
+            for batch, prepped in zip(batches, pool.map(_preprocess_chunk, batches), strict=True):
+                yield from emit(batch, prepped)
+    else:
+        for batch in _chunks(items, chunk):
+            yield from emit(batch, [_preprocess_one(p) for p in batch])

@@ -1,0 +1,387 @@
+"""MLflow: runs, evaluation logging, model logging, registration and promotion by alias.
+
+Embedded by default (a local SQLite file plus a local artifact folder); point ``UKR_HW_MLFLOW_TRACKING_URI`` at an
+``http://`` MLflow server to use the stack (artifacts are then proxied by the server, clients need no S3
+credentials). Stages are not used: the served model is the version under the alias ``champion``, which moves
+only when a new version is at least as good on the frozen test split::
+
+    new.symbol_accuracy >= champion.symbol_accuracy  and
+    new.case_accuracy   >= champion.case_accuracy - settings.promotion_case_tolerance
+
+Every version carries the tag ``promotion`` saying what happened and why, with the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ukr_hw.settings import Settings, get_settings
+
+PYFUNC_SCRIPT = Path(__file__).resolve().parent / "model" / "pyfunc_model.py"
+MODEL_NAME_IN_RUN = "model"
+METRIC_KEYS = ("symbol_accuracy", "case_accuracy")
+
+
+class EvalReportLike(Protocol):
+    metrics: dict[str, float]
+    per_class: Any  # pandas.DataFrame
+
+    def figures(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Registration:
+    version: str
+    run_id: str
+    promoted: bool
+    reason: str
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Setup
+
+
+def _is_local(uri: str) -> bool:
+    return not uri.startswith(("http://", "https://", "databricks"))
+
+
+def configure(settings: Settings | None = None) -> str:
+    """Point MLflow at the configured store and experiment; returns the experiment id."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    s = settings or get_settings()
+    uri = s.resolved_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.get_experiment_by_name(s.mlflow_experiment)
+    if exp is None:
+        location = None
+        if _is_local(uri):
+            root = s.path(s.mlflow_artifact_root)
+            root.mkdir(parents=True, exist_ok=True)
+            location = root.resolve().as_uri()
+        try:
+            exp_id = client.create_experiment(s.mlflow_experiment, artifact_location=location)
+        except Exception:
+            exp = client.get_experiment_by_name(s.mlflow_experiment)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def _client(settings: Settings | None = None):
+    from mlflow import MlflowClient
+
+    s = settings or get_settings()
+    configure(s)
+    uri = s.resolved_tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    """HEAD's commit (``+dirty`` when tracked files changed), or None outside a git checkout."""
+    cwd = str(root or get_settings().root)
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}+dirty" if dirty else sha or None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Runs
+
+
+@contextmanager
+def start_run(
+    run_name: str,
+    nested: bool = False,
+    tags: Mapping[str, Any] | None = None,
+    data_version: str | None = None,
+    settings: Settings | None = None,
+) -> Iterator[Any]:
+    """An MLflow run in the configured experiment, tagged with the git commit and (when given) data version."""
+    import mlflow
+
+    s = settings or get_settings()
+    configure(s)
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    commit = git_commit(s.root)
+    if commit:
+        all_tags["git_commit"] = commit
+    if data_version:
+        all_tags["data_version"] = str(data_version)
+    with mlflow.start_run(run_name=run_name, nested=nested, tags=all_tags) as run:
+        if data_version:
+            mlflow.log_param("data_version", str(data_version))
+        yield run
+
+
+def lightning_logger(settings: Settings | None = None, **kwargs: Any) -> Any:
+    """A Lightning ``MLFlowLogger`` writing into the active run (per-epoch metrics land in the same run).
+
+    Lightning's logger would mark the run FINISHED when training ends; this one leaves ending the run to
+    :func:`start_run`, so evaluation and the model can still be logged into it.
+    """
+    import mlflow
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("lightning_logger() needs an active run: use it inside `with tracking.start_run(...)`")
+    s = settings or get_settings()
+
+    class _RunBoundLogger(MLFlowLogger):
+        def finalize(self, status: str = "success") -> None:  # the run's owner ends it
+            if self._initialized and self._checkpoint_callback:
+                self._scan_and_log_checkpoints(self._checkpoint_callback)
+
+    return _RunBoundLogger(
+        experiment_name=s.mlflow_experiment,
+        tracking_uri=s.resolved_tracking_uri(),
+        run_id=run.info.run_id,
+        log_model=False,
+        **kwargs,
+    )
+
+
+def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f):
+            out[k] = f
+    return out
+
+
+def log_eval(report: EvalReportLike, prefix: str = "test") -> None:
+    """Log an evaluation: metrics as ``<prefix>_<name>``, figures (confusion matrices, misclassified grid) as
+    PNGs under ``eval/<prefix>/``, and per-class accuracy as an MLflow table."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    mlflow.log_metrics({f"{prefix}_{k}": v for k, v in _finite(report.metrics).items()})
+    for name, fig in report.figures().items():
+        mlflow.log_figure(fig, f"eval/{prefix}/{name}.png")
+        plt.close(fig)
+    per_class = report.per_class
+    if per_class is not None and len(per_class):
+        mlflow.log_table(per_class.reset_index(drop=per_class.index.name is None), f"eval/{prefix}/per_class.json")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model logging and the registry
+
+
+def model_signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from ukr_hw.labels import NUM_CLASSES
+
+    f32 = np.dtype(np.float32)
+    return ModelSignature(
+        inputs=Schema([TensorSpec(f32, (-1, 28, 28), "image"), TensorSpec(f32, (-1, 2), "ink")]),
+        outputs=Schema([TensorSpec(f32, (-1, NUM_CLASSES), "symbol_probs"), TensorSpec(f32, (-1,), "case_prob")]),
+    )
+
+
+def input_example(n: int = 2) -> dict[str, np.ndarray]:
+    """A small real-looking input: centred strokes and typical ink boxes."""
+    x = np.zeros((n, 28, 28), dtype=np.float32)
+    x[:, 6:22, 13:15] = 1.0  # a vertical stroke, like "і" / "1"
+    ink = np.tile(np.array([[0.55, 0.12]], dtype=np.float32), (n, 1))
+    return {"image": x, "ink": ink}
+
+
+def _pip_requirements() -> list[str]:
+    import mlflow
+    import torch
+
+    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", "numpy", "pillow", "scipy"]
+
+
+def log_model(net: Any, name: str = MODEL_NAME_IN_RUN) -> Any:
+    """Log ``net`` into the active run as a pyfunc model from code (state_dict + config.json); returns ModelInfo."""
+    import mlflow
+    import torch
+
+    config = net.config.to_dict() if hasattr(net.config, "to_dict") else dict(net.config)
+    with tempfile.TemporaryDirectory(prefix="ukr-hw-log-") as tmp:
+        state_path = Path(tmp) / "state_dict.pt"
+        config_path = Path(tmp) / "config.json"
+        torch.save({k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, state_path)
+        config_path.write_text(json.dumps(config, indent=2))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(PYFUNC_SCRIPT),
+            artifacts={"state_dict": str(state_path), "config": str(config_path)},
+            signature=model_signature(),
+            input_example=input_example(),
+            pip_requirements=_pip_requirements(),
+        )
+
+
+def _version_metrics(client: Any, version: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key in METRIC_KEYS:
+        if f"test_{key}" in version.tags:
+            out[key] = float(version.tags[f"test_{key}"])
+    if len(out) < len(METRIC_KEYS) and version.run_id:
+        run_metrics = client.get_run(version.run_id).data.metrics
+        for key in METRIC_KEYS:
+            if key not in out and f"test_{key}" in run_metrics:
+                out[key] = float(run_metrics[f"test_{key}"])
+    return out
+
+
+def get_version_metrics(version: str | int, settings: Settings | None = None) -> dict[str, float]:
+    """Frozen-test metrics of a registered version (from its tags, else its run's ``test_*`` metrics)."""
+    s = settings or get_settings()
+    client = _client(s)
+    return _version_metrics(client, client.get_model_version(s.model_name, str(version)))
+
+
+def champion_version(settings: Settings | None = None) -> str | None:
+    """The version number under the champion alias, or None when there is none (or no such model)."""
+    from mlflow.exceptions import MlflowException
+
+    s = settings or get_settings()
+    try:
+        return str(_client(s).get_model_version_by_alias(s.model_name, s.champion_alias).version)
+    except MlflowException:
+        return None
+
+
+def set_champion(version: str | int, settings: Settings | None = None) -> None:
+    """Move the champion alias to ``version`` (admin / tests; training uses the promotion rule)."""
+    s = settings or get_settings()
+    _client(s).set_registered_model_alias(s.model_name, s.champion_alias, str(version))
+
+
+def load_champion_net(settings: Settings | None = None) -> Any:
+    """The champion's network in eval mode (raises a clear error when nothing is registered)."""
+    from ukr_hw.inference import load_net
+
+    return load_net(None, settings)[0]
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}"
+
+
+def decide_promotion(
+    new: Mapping[str, float], champion: Mapping[str, float] | None, tolerance: float
+) -> tuple[bool, str]:
+    """The promotion rule; returns ``(promote, reason with the numbers)``."""
+    if champion is None:
+        return True, "first model: no champion yet"
+    ns, cs = new.get("symbol_accuracy", math.nan), champion.get("symbol_accuracy", math.nan)
+    nc, cc = new.get("case_accuracy", math.nan), champion.get("case_accuracy", math.nan)
+    if not math.isfinite(ns):
+        return False, "no symbol_accuracy for the new model"
+    if not math.isfinite(cs):
+        return True, f"champion has no recorded symbol_accuracy; new symbol_accuracy {_fmt(ns)}"
+    problems = []
+    if ns < cs:
+        problems.append(f"symbol_accuracy {_fmt(ns)} < champion {_fmt(cs)}")
+    if math.isfinite(nc) and math.isfinite(cc) and nc < cc - tolerance:
+        problems.append(f"case_accuracy {_fmt(nc)} < champion {_fmt(cc)} - tolerance {tolerance:g}")
+    if problems:
+        return False, "; ".join(problems)
+    case = f", case_accuracy {_fmt(nc)} vs {_fmt(cc)} (tolerance {tolerance:g})" if math.isfinite(nc) else ""
+    return True, f"symbol_accuracy {_fmt(ns)} >= champion {_fmt(cs)}{case}"
+
+
+def log_model_and_register(
+    net: Any,
+    *,
+    report: EvalReportLike,
+    data_version: str | None,
+    params: Mapping[str, Any] | None = None,
+    registered_name: str | None = None,
+    settings: Settings | None = None,
+) -> Registration:
+    """Log the model into the active run (one is started if none is), register it and apply the promotion rule.
+
+    Logs ``params``, the report (via :func:`log_eval` unless ``test_*`` metrics are already in the run), the
+    model, then registers it as ``registered_name`` (default ``settings.model_name``). The version's tags hold its
+    frozen-test metrics, the data version, the run id and ``promotion`` = ``"promoted: …"`` / ``"rejected: …"``.
+    """
+    import mlflow
+
+    s = settings or get_settings()
+    name = registered_name or s.model_name
+    if mlflow.active_run() is None:
+        with start_run("register", data_version=data_version, settings=s):
+            return log_model_and_register(
+                net, report=report, data_version=data_version, params=params, registered_name=name, settings=s
+            )
+    client = _client(s)
+    run = mlflow.active_run()
+    run_id = run.info.run_id
+    if params:
+        existing = client.get_run(run_id).data.params
+        mlflow.log_params({k: v for k, v in params.items() if k not in existing})
+    if data_version:
+        mlflow.set_tag("data_version", str(data_version))
+    logged = client.get_run(run_id).data.metrics
+    if "test_symbol_accuracy" not in logged:
+        log_eval(report, "test")
+    info = log_model(net)
+    mv = mlflow.register_model(info.model_uri, name, tags={"run_id": run_id})
+    version = str(mv.version)
+    new = {k: float(report.metrics[k]) for k in METRIC_KEYS if k in report.metrics}
+    for k, v in new.items():
+        client.set_model_version_tag(name, version, f"test_{k}", repr(v))
+    if data_version:
+        client.set_model_version_tag(name, version, "data_version", str(data_version))
+    commit = git_commit(s.root)
+    if commit:
+        client.set_model_version_tag(name, version, "git_commit", commit)
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = client.get_model_version_by_alias(name, s.champion_alias)
+    except MlflowException:
+        current = None
+    champ = None if current is None else _version_metrics(client, current)
+    promote, why = decide_promotion(new, champ, s.promotion_case_tolerance)
+    if current is not None:
+        why = f"{why} (champion was v{current.version})"
+    if promote:
+        client.set_registered_model_alias(name, s.champion_alias, version)
+    reason = f"{'promoted' if promote else 'rejected'}: {why}"
+    client.set_model_version_tag(name, version, "promotion", reason)
+    mlflow.set_tag("promotion", reason)
+    mlflow.set_tag("model_version", version)
+    return Registration(version=version, run_id=run_id, promoted=promote, reason=reason)
