@@ -1,0 +1,368 @@
+"""The Gradio sketchpad: draw a symbol, see what the model reads, confirm or correct it, and the drawing joins the
+feedback store that the weekly retrain learns from.
+
+Thin over ``ukr_hw``: recognition is the BentoML API (:class:`ukr_hw.api_client.ApiClient`), storage is
+:class:`ukr_hw.feedback.FeedbackStore`, the alphabet is :mod:`ukr_hw.labels`. Named API endpoints (``/predict``,
+``/confirm``, ``/correct``) let ``gradio_client`` drive the app exactly like a person does.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import uuid
+from typing import Any
+
+import gradio as gr
+
+from ukr_hw import labels
+from ukr_hw.api_client import ApiClient, ApiError, ApiUnreachableError
+from ukr_hw.feedback import FeedbackStore, InvalidSample, StoreUnavailable, sketch_to_png
+from ukr_hw.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+#: Letters with no uppercase sample in the training data (Rukopys); used when the prepared data is not at hand.
+MISSING_UPPERCASE_FALLBACK = tuple("импрстуфхцчшщьюяґ")
+CANVAS = (560, 560)
+LOWER, UPPER = "lower", "upper"
+EMPTY_CANVAS = "Draw a letter first: the canvas is empty."
+
+CSS = """
+.ukr-result { text-align: center; padding: 0.5rem 0 0.25rem; }
+.ukr-result .glyph { font-size: 7.5rem; line-height: 1.05; font-weight: 600; color: var(--body-text-color); }
+.ukr-result .case { display: inline-block; margin-top: 0.35rem; padding: 0.15rem 0.7rem; border-radius: 999px;
+  font-size: 0.95rem; background: var(--color-accent-soft); color: var(--body-text-color); }
+.ukr-result .meta { margin-top: 0.4rem; font-size: 0.8rem; color: var(--body-text-color-subdued); }
+.ukr-result .hint { font-size: 1.05rem; color: var(--body-text-color-subdued); padding: 3.2rem 0; }
+#ukr-symbols .wrap { display: grid !important; grid-template-columns: repeat(auto-fill, minmax(2.9rem, 1fr));
+  gap: 0.3rem; }
+#ukr-symbols label { justify-content: center; padding: 0.3rem 0.2rem !important; font-size: 1.15rem; min-width: 0; }
+#ukr-symbols label input { display: none; }
+#ukr-count { text-align: right; color: var(--body-text-color-subdued); }
+#ukr-canvas { touch-action: none; }
+"""
+
+HEAD_TEXT = (
+    "# ✍️ Рукопис — Ukrainian handwriting\n"
+    "Draw **one** Ukrainian letter or digit on the canvas, press **Recognise**, then tell the model whether it was "
+    "right. Every confirmed drawing helps the next model read handwriting better."
+)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers (pure; tested through the app)
+
+
+def _new_session() -> dict[str, Any]:
+    return {"client_id": uuid.uuid4().hex, "count": 0, "last": None}
+
+
+def _session(state: dict[str, Any] | None) -> dict[str, Any]:
+    if not state or not state.get("client_id"):
+        return _new_session()
+    return state
+
+
+def missing_uppercase(settings: Settings | None = None) -> list[str]:
+    """Letters without uppercase training data: from the prepared data when present, else the known list."""
+    settings = settings or get_settings()
+    manifest = settings.processed_dir / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        for key in ("missing_uppercase", "letters_without_uppercase", "no_uppercase"):
+            if isinstance(data.get(key), list):
+                return [labels.normalize_symbol(s) for s in data[key]]
+    except (OSError, ValueError, labels.UnknownSymbolError):
+        pass
+    train = settings.processed_dir / "finetune_train.npz"
+    if train.exists():
+        try:
+            from ukr_hw.data.arrays import load_samples
+
+            samples = load_samples(train)
+            upper = {labels.symbol_of(int(y)) for y, c in zip(samples.y, samples.case, strict=True) if c == 1}
+            return [s for s in labels.LETTERS if s not in upper]
+        except Exception as exc:  # a broken file must not stop the UI
+            log.warning("could not read %s: %s", train, exc)
+    return list(MISSING_UPPERCASE_FALLBACK)
+
+
+def _result_html(result: dict[str, Any] | None, note: str = "") -> str:
+    if not result:
+        hint = note or "Your symbol will appear here."
+        return f'<div class="ukr-result"><div class="hint">{html.escape(hint)}</div></div>'
+    label, upper = result["label"], result.get("is_uppercase")
+    shown = labels.display(label, upper)
+    top = result.get("top") or [{"label": label, "probability": None}]
+    prob = top[0].get("probability")
+    if labels.is_digit(label):
+        case = '<div class="case">digit</div>'
+    else:
+        cp = result.get("case_probability")
+        sure = f" · {max(cp, 1 - cp):.0%}" if isinstance(cp, int | float) else ""
+        case = f'<div class="case">{"UPPERCASE" if upper else "lowercase"}{sure}</div>'
+    meta = f"confidence {prob:.0%} · " if isinstance(prob, int | float) else ""
+    meta += f"model v{html.escape(str(result.get('model_version', '?')))}"
+    return (
+        f'<div class="ukr-result"><div class="glyph">{html.escape(shown)}</div>{case}'
+        f'<div class="meta">{meta}</div></div>'
+    )
+
+
+def _top3(result: dict[str, Any] | None) -> dict[str, float] | None:
+    if not result:
+        return None
+    upper = result.get("is_uppercase")
+    return {labels.display(t["label"], upper): float(t["probability"]) for t in (result.get("top") or [])[:3]}
+
+
+def _count_text(count: int) -> str:
+    if count == 0:
+        return "No drawings saved from this session yet."
+    return f"You have contributed **{count}** drawing{'s' if count != 1 else ''} this session. Дякуємо! 💙💛"
+
+
+def _case_choice(is_uppercase: bool | None) -> str | None:
+    return None if is_uppercase is None else (UPPER if is_uppercase else LOWER)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The app
+
+
+def build_app(api_url: str | None = None, store: FeedbackStore | None = None, settings: Settings | None = None):
+    """The Blocks app (not launched). ``store`` defaults to :meth:`FeedbackStore.from_settings`."""
+    settings = settings or get_settings()
+    api_url = api_url or settings.api_url
+    store = store or FeedbackStore.from_settings(settings)
+    try:
+        flushed = store.flush_spool()
+        if flushed:
+            log.info("uploaded %d spooled feedback samples to %s", flushed, store.description)
+    except StoreUnavailable as exc:
+        log.warning("feedback store not reachable at start (%s); samples are spooled until it is back", exc)
+    no_upper = missing_uppercase(settings)
+
+    def classify(sketch: dict[str, Any] | None) -> tuple[bytes, dict[str, Any]]:
+        try:
+            png = sketch_to_png(sketch)
+        except InvalidSample as exc:
+            raise gr.Error(EMPTY_CANVAS, title="Nothing to read") from exc
+        try:
+            with ApiClient(api_url, timeout=20) as client:
+                return png, client.classify(png)
+        except ApiUnreachableError as exc:
+            raise gr.Error(
+                f"The recognition service is not reachable at {api_url}. Start it with `ukr-hw serve` "
+                "(or `ukr-hw up`) and try again; your drawing is still on the canvas.",
+                title="Service unavailable",
+            ) from exc
+        except ApiError as exc:
+            raise gr.Error(
+                f"The recognition service refused the drawing: {exc.message}", title="Not recognised"
+            ) from exc
+
+    def predict(sketch: dict[str, Any] | None, state: dict[str, Any] | None):
+        """Recognise the drawing: the symbol, its case and the top-3 candidates."""
+        state = _session(state)
+        _, result = classify(sketch)
+        state["last"] = result
+        upper = result.get("is_uppercase")
+        return (
+            _result_html(result),
+            _top3(result),
+            gr.update(value=result["label"]),
+            gr.update(value=_case_choice(upper), visible=labels.has_case(result["label"])),
+            gr.update(visible=True),
+            state,
+        )
+
+    def _store(sketch, symbol: str, is_uppercase: bool | None, state: dict[str, Any], verb: str):
+        png = sketch_to_png(sketch) if sketch else b""
+        last = state.get("last") or {}
+        try:
+            store.save(
+                png,
+                symbol,
+                is_uppercase,
+                predicted_symbol=last.get("label"),
+                predicted_is_uppercase=last.get("is_uppercase"),
+                model_version=last.get("model_version"),
+                client_id=state["client_id"],
+            )
+        except InvalidSample as exc:
+            raise gr.Error(f"This drawing cannot be saved: {exc}", title="Not saved") from exc
+        state["count"] += 1
+        state["last"] = None
+        shown = labels.display(symbol, is_uppercase)
+        spooled = store.pending()
+        extra = f" ({spooled} waiting for the storage to come back)" if spooled else ""
+        gr.Info(f"{verb} “{shown}” — thank you!{extra}")
+        return (
+            None,
+            _result_html(None, f"Saved “{shown}”. Draw the next one!"),
+            None,
+            gr.update(value=None),
+            gr.update(value=None, visible=True),
+            gr.update(visible=False),
+            _count_text(state["count"]),
+            state,
+        )
+
+    def confirm(sketch: dict[str, Any] | None, state: dict[str, Any] | None):
+        """The prediction was right: store the drawing with the predicted symbol and case."""
+        state = _session(state)
+        try:
+            sketch_to_png(sketch)
+        except InvalidSample as exc:
+            raise gr.Error(EMPTY_CANVAS, title="Nothing to save") from exc
+        last = state.get("last")
+        if not last:
+            raise gr.Error("Press Recognise first, then confirm or correct the answer.", title="Nothing to confirm")
+        upper = last.get("is_uppercase") if labels.has_case(last["label"]) else None
+        return _store(sketch, last["label"], upper, state, "Saved")
+
+    def correct(sketch: dict[str, Any] | None, symbol: str | None, case: str | None, state: dict[str, Any] | None):
+        """The prediction was wrong: store the drawing with the symbol (and case) the user picked."""
+        state = _session(state)
+        try:
+            sketch_to_png(sketch)
+        except InvalidSample as exc:
+            raise gr.Error(EMPTY_CANVAS, title="Nothing to save") from exc
+        if not symbol:
+            raise gr.Error("Pick the symbol you drew from the grid.", title="Which symbol?")
+        try:
+            symbol = labels.normalize_symbol(symbol)
+        except labels.UnknownSymbolError as exc:
+            raise gr.Error(str(exc), title="Unknown symbol") from exc
+        if labels.is_digit(symbol):
+            upper = None
+        elif case in (UPPER, LOWER):
+            upper = case == UPPER
+        else:
+            raise gr.Error(f"Say whether your “{symbol}” is UPPERCASE or lowercase.", title="Which case?")
+        return _store(sketch, symbol, upper, state, "Saved the correction")
+
+    def on_symbol(symbol: str | None, case: str | None):
+        show = bool(symbol) and labels.has_case(symbol)
+        return gr.update(visible=show or not symbol, value=case if show else None)
+
+    def on_clear(state: dict[str, Any] | None):
+        state = _session(state)
+        state["last"] = None
+        return _result_html(None), None, gr.update(visible=False), state
+
+    def on_load(state: dict[str, Any] | None):
+        state = _session(state)
+        return _count_text(state["count"]), state
+
+    choices = [(s, s) for s in labels.SYMBOLS]
+    with gr.Blocks(title="ukr-hw · Ukrainian handwriting") as app:
+        state = gr.State(None)
+        gr.Markdown(HEAD_TEXT)
+        with gr.Tabs():
+            with gr.Tab("Draw", id="draw"), gr.Row(equal_height=False):
+                with gr.Column(scale=5, min_width=320):
+                    sketch = gr.Sketchpad(
+                        label="Draw one symbol — big, in the middle",
+                        type="pil",
+                        image_mode="RGBA",
+                        canvas_size=CANVAS,
+                        fixed_canvas=True,
+                        brush=gr.Brush(default_size=14, colors=["#2b59c3"], color_mode="fixed"),
+                        eraser=gr.Eraser(default_size=24),
+                        layers=False,
+                        transforms=(),
+                        format="png",
+                        elem_id="ukr-canvas",
+                    )
+                    with gr.Row():
+                        recognise = gr.Button("🔍 Recognise", variant="primary", size="lg", elem_id="ukr-recognise")
+                        clear = gr.Button("🧽 Clear", size="lg", elem_id="ukr-clear")
+                    gr.Markdown(
+                        "Tips: one symbol per drawing · fill most of the canvas for capitals, draw smaller for "
+                        "lowercase · the dots of **ї** and **й**'s breve count."
+                    )
+                with gr.Column(scale=4, min_width=300):
+                    result = gr.HTML(_result_html(None), elem_id="ukr-result")
+                    top3 = gr.Label(label="Top 3", num_top_classes=3, show_label=True, elem_id="ukr-top3")
+                    with gr.Group(visible=False, elem_id="ukr-feedback") as feedback:
+                        yes = gr.Button("✅ Yes, that's right — save it", variant="primary", elem_id="ukr-confirm")
+                        gr.Markdown("**Not right?** Pick what you drew:", padding=True)
+                        symbol = gr.Radio(
+                            choices, label="Symbol", show_label=False, elem_id="ukr-symbols", container=True
+                        )
+                        case = gr.Radio([("lowercase", LOWER), ("UPPERCASE", UPPER)], label="Case", elem_id="ukr-case")
+                        fix = gr.Button("✏️ Save the correction", elem_id="ukr-correct")
+                    count = gr.Markdown(_count_text(0), elem_id="ukr-count")
+            with gr.Tab("About", id="about"):
+                gr.Markdown(_about_text(no_upper, store.description, api_url))
+
+        saved_outputs = [sketch, result, top3, symbol, case, feedback, count, state]
+        recognise.click(predict, [sketch, state], [result, top3, symbol, case, feedback, state], api_name="predict")
+        yes.click(confirm, [sketch, state], saved_outputs, api_name="confirm")
+        fix.click(correct, [sketch, symbol, case, state], saved_outputs, api_name="correct")
+        symbol.input(on_symbol, [symbol, case], [case], api_visibility="private", show_progress="hidden")
+        clear.click(
+            lambda s: (None, *on_clear(s)), [state], [sketch, result, top3, feedback, state], api_visibility="private"
+        )
+        sketch.clear(on_clear, [state], [result, top3, feedback, state], api_visibility="private")
+        app.load(on_load, [state], [count, state], api_visibility="private")
+    return app
+
+
+def _about_text(no_upper: list[str], store: str, api_url: str) -> str:
+    letters = " ".join(f"**{s.upper()}**" for s in no_upper) or "none — every letter has both cases"
+    return f"""
+## About ukr-hw
+
+**ukr-hw** is an open-source MLOps platform that recognises hand-drawn Ukrainian letters and digits:
+43 symbols (0–9 and the 33 letters а–я) and whether a letter is UPPERCASE or lowercase.
+
+* A small convolutional network with two heads (symbol and case) is trained with **Lightning** on the
+  [Rukopys](https://github.com/lynnporu/rukopys-dataset) dataset, MNIST digits and font-rendered glyphs;
+  **Prefect** runs the data and training flows, **MLflow** tracks the runs and keeps the registry (the
+  `champion` alias is what you are talking to), **BentoML** serves it.
+* Every drawing you confirm or correct here is stored as a PNG with a small JSON record (the symbol, the case,
+  what the model said, the model version, a random per-session id — **no personal data**), and the weekly
+  retrain flow learns from them. A new model replaces the champion only if it reads better.
+
+### Please draw these capitals 🙏
+The training data has **no uppercase** samples for: {letters}.
+The model has to guess their capitals from the lowercase shapes — every capital you draw and confirm teaches it.
+
+### Good to know
+* Draw one symbol per canvas, large and centred. Uppercase is usually drawn bigger than lowercase.
+* Look-alikes are hard: **г/ґ**, **і/ї**, **е/є**, **и/й**, **ш/щ**, **о/0**, **з/3** — draw the marks clearly.
+
+<sub>Recognition service: `{api_url}` · feedback store: `{store}`</sub>
+"""
+
+
+def launch(
+    port: int | None = None,
+    host: str | None = None,
+    api_url: str | None = None,
+    *,
+    block: bool = True,
+    settings: Settings | None = None,
+    store: FeedbackStore | None = None,
+):
+    """Start the UI (``ukr-hw ui``). With ``block=False`` returns the running app (call ``.close()``)."""
+    settings = settings or get_settings()
+    app = build_app(api_url=api_url, store=store, settings=settings)
+    app.queue(default_concurrency_limit=8)
+    app.launch(
+        server_name=host or settings.ui_host,
+        server_port=port or settings.ui_port,
+        prevent_thread_lock=not block,
+        show_error=True,
+        quiet=not block,
+        theme=gr.themes.Soft(primary_hue="blue", secondary_hue="yellow"),
+        css=CSS,
+        footer_links=["api", "settings"],
+        ssr_mode=False,
+    )
+    return app
