@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     champion_alias: str = "champion"
     promotion_case_tolerance: float = Field(0.01, ge=0, description="Case accuracy may drop by at most this.")
 
+    # --- training --------------------------------------------------------------------------------------------
+    cache_dir: Path = Field(Path("data/cache"), description="Pretrained weights keyed by data + config hash.")
+    reports_dir: Path = Field(Path("data/reports"), description="metrics.json / per_class.csv for dvc.yaml.")
+    torch_threads: int = Field(2, ge=1, description="torch CPU threads for training.")
+
     # --- Optuna ---------------------------------------------------------------------------------------------
     optuna_storage: str = "sqlite:///optuna.db"
 
@@ -76,10 +81,32 @@ class Settings(BaseSettings):
     max_image_side: int = 4096
     max_batch_images: int = 64
     reload_interval_s: float = 30.0
+    max_batch_upload_bytes: int = Field(32 * 1024 * 1024, description="Cap on one /classify_batch request body.")
+    serve_workers: int = Field(2, ge=1, description="BentoML API worker processes (decode + preprocess).")
+    serve_torch_threads: int = Field(1, ge=1, description="torch threads in the model worker (batched predict).")
+    serve_max_batch_size: int = Field(64, ge=1, description="Adaptive batching: most glyphs per model call.")
+    serve_max_latency_ms: int = Field(20, ge=1, description="Adaptive batching: latency budget of the model call.")
 
     # --- UI -----------------------------------------------------------------------------------------------
     ui_host: str = "127.0.0.1"
     ui_port: int = 7860
+
+    # --- native stack (`ukr-hw stack`) and PostgreSQL -------------------------------------------------------
+    postgres_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        description="Admin connection used to create the stack's databases (and the tests' throwaway ones).",
+    )
+    stack_dir: Path = Field(Path(".stack"), description="Pids, logs, data and the env file of `ukr-hw stack`.")
+    stack_host: str = "127.0.0.1"
+    s3_port: int = 8333
+    mlflow_port: int = 5000
+    prefect_port: int = 4200
+    mlflow_database: str = "ukr_hw_mlflow"
+    prefect_database: str = "ukr_hw_prefect"
+    mlflow_bucket: str = "mlflow"
+    feedback_bucket: str = "feedback"
+    dvc_bucket: str = "dvc"
+    prefect_work_pool: str = "ukr-hw-process"
 
     @field_validator("data_mirror", "mnist_limit", mode="before")
     @classmethod

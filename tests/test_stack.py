@@ -1,0 +1,108 @@
+"""The native stack's building blocks against real servers: PostgreSQL, SeaweedFS, mlflow server."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import pytest
+
+from ukr_hw import stack
+
+
+def test_pg_database_is_fresh_and_dropped(pg_admin_url: str, pg_database: str) -> None:
+    import psycopg
+
+    name = pg_database.rsplit("/", 1)[1]
+    assert pg_database.startswith("postgresql+psycopg://postgres@127.0.0.1:5432/")
+    with psycopg.connect(pg_database.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (x int)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    # dropping works even while a session is still connected
+    held = psycopg.connect(pg_database.replace("+psycopg", ""), autocommit=True)
+    try:
+        stack.drop_database(name, pg_admin_url)
+    finally:
+        held.close()
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None
+
+
+def test_ensure_database_is_idempotent(pg_admin_url: str) -> None:
+    name = f"ukrhw_test_{uuid.uuid4().hex[:8]}"
+    try:
+        assert stack.ensure_database(name, pg_admin_url) is True
+        assert stack.ensure_database(name, pg_admin_url) is False
+    finally:
+        stack.drop_database(name, pg_admin_url)
+
+
+def test_bad_database_name_is_refused(pg_admin_url: str) -> None:
+    with pytest.raises(stack.StackError, match="invalid database name"):
+        stack.ensure_database('x"; DROP DATABASE postgres; --', pg_admin_url)
+
+
+def test_postgres_missing_gives_clear_message() -> None:
+    port = stack.free_port()
+    with pytest.raises(stack.StackError, match=r"PostgreSQL not reachable.*UKR_HW_POSTGRES_URL"):
+        stack.ensure_database("whatever", f"postgresql://postgres@127.0.0.1:{port}/postgres")
+
+
+def test_s3_server_roundtrip_auth_and_outage(s3_server: stack.S3Server, s3_bucket: str) -> None:
+    import boto3
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    client = s3_server.client()
+    client.put_object(Bucket=s3_bucket, Key="2026/01/01/a.json", Body=b'{"x": 1}')
+    assert client.get_object(Bucket=s3_bucket, Key="2026/01/01/a.json")["Body"].read() == b'{"x": 1}'
+
+    intruder = boto3.client(
+        "s3",
+        endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id="nobody",
+        aws_secret_access_key="wrong",
+        region_name=s3_server.region,
+    )
+    with pytest.raises(ClientError):
+        intruder.list_buckets()
+
+    s3_server.stop()
+    with pytest.raises(EndpointConnectionError):
+        s3_server.client().list_buckets()
+    s3_server.start()
+    # same data dir and port: the object survived the outage
+    assert s3_server.client().get_object(Bucket=s3_bucket, Key="2026/01/01/a.json")["Body"].read() == b'{"x": 1}'
+
+
+def test_s3_port_taken_gives_clear_message(tmp_path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        server = stack.S3Server(data_dir=tmp_path / "d", log_path=tmp_path / "w.log", s3_port=port)
+        with pytest.raises(stack.StackError, match=rf"port {port} .* already in use.*UKR_HW_S3_PORT"):
+            server.start()
+
+
+def test_mlflow_server_logs_artifacts_to_s3(mlflow_server: str, s3_server: stack.S3Server, tmp_path) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    exp = client.create_experiment(f"stack-{uuid.uuid4().hex[:6]}")
+    run = client.create_run(exp)
+    art = tmp_path / "hello.txt"
+    art.write_text("hello")
+    client.log_artifact(run.info.run_id, str(art))
+    client.log_metric(run.info.run_id, "m", 0.5)
+    client.set_terminated(run.info.run_id)
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["hello.txt"]
+    # proxied: the artifact landed in the S3 bucket behind the server
+    s3 = s3_server.client()
+    keys = [
+        o["Key"]
+        for b in s3.list_buckets()["Buckets"]
+        if b["Name"].startswith("mlflow-")
+        for o in s3.list_objects_v2(Bucket=b["Name"]).get("Contents", [])
+    ]
+    assert any(k.endswith(f"{run.info.run_id}/artifacts/hello.txt") for k in keys), keys
