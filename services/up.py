@@ -1,0 +1,157 @@
+"""``ukr-hw up``: the one command for the embedded default.
+
+1. If the registry (``settings.mlflow_tracking_uri``, a local SQLite file by default) has no champion, run the
+   training pipeline first (``flows.pipeline.pipeline``: prepare → train → register/promote).
+2. Start the BentoML API (``ukr-hw serve``) and the Gradio UI (``ukr-hw ui``) as child processes, each in its own
+   process group; wait until both answer; print both URLs.
+3. Ctrl-C (SIGINT) or SIGTERM stops both cleanly (exit 0). If either dies on its own, the other is stopped and
+   ``up`` exits non-zero.
+
+Feedback goes where ``settings.feedback_uri`` says (a local folder by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ukr_hw import stack
+from ukr_hw.api_client import ApiClient
+from ukr_hw.settings import Settings, get_settings
+
+REPO = Path(__file__).resolve().parents[1]
+READY_TIMEOUT_S = 600.0
+
+
+class _Stop(Exception):
+    """Raised by the signal handler to leave the wait loops."""
+
+
+def _loopback(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def _say(msg: str) -> None:
+    print(f"[ukr-hw up] {msg}", flush=True)
+
+
+def ensure_champion(settings: Settings) -> str:
+    """The champion's version, training one first (the full pipeline) when the registry has none."""
+    from ukr_hw import tracking
+
+    version = tracking.champion_version(settings)
+    if version is not None:
+        return version
+    _say(f"no champion model in {settings.resolved_tracking_uri()}: training one first (prepare → train) …")
+    from flows.pipeline import pipeline
+
+    pipeline(config_path=REPO / "configs" / "train.yaml")
+    version = tracking.champion_version(get_settings())
+    if version is None:
+        raise RuntimeError("the training pipeline finished without a champion model; see its log above")
+    return version
+
+
+def _start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdin=subprocess.DEVNULL)
+    _say(f"started {name} (pid {proc.pid}): {' '.join(args[1:])}")
+    return proc
+
+
+def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for name, proc in procs.items():
+        if proc.poll() is None:
+            _say(f"stopping {name} …")
+        stack.kill_group(proc.pid, timeout=20.0, wait=proc.wait)
+
+
+def up(settings: Settings | None = None) -> int:
+    """Train if needed, run API + UI until Ctrl-C; see the module docstring. Returns the exit code."""
+    s = settings or get_settings()
+    api_host, ui_host = s.api_host, s.ui_host
+    api_url = f"http://{_loopback(api_host)}:{s.api_port}"
+    ui_url = f"http://{_loopback(ui_host)}:{s.ui_port}"
+    try:
+        stack.require_free_port(s.api_port, "API", _loopback(api_host), setting="api_port")
+        stack.require_free_port(s.ui_port, "UI", _loopback(ui_host), setting="ui_port")
+    except stack.StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise _Stop(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        try:
+            version = ensure_champion(s)
+        except _Stop:
+            raise
+        except Exception as exc:
+            _say(f"error: no champion model to serve ({exc.__class__.__name__}: {exc})")
+            return 1
+        _say(f"champion model: {s.model_name} v{version}; feedback goes to {s.feedback_uri}")
+        cli = [sys.executable, "-m", "ukr_hw.cli"]
+        procs["API"] = _start("API", [*cli, "serve", "--port", str(s.api_port), "--host", api_host])
+        procs["UI"] = _start("UI", [*cli, "ui", "--port", str(s.ui_port), "--host", ui_host, "--api-url", api_url])
+
+        client = ApiClient(api_url)
+        ready = {"API": False, "UI": False}
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        last_note = time.monotonic()
+        while not all(ready.values()):
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    _say(f"{name} exited with code {proc.returncode} before it was ready")
+                    return 1
+            ready["API"] = ready["API"] or client.ready()
+            ready["UI"] = ready["UI"] or stack.http_ok(ui_url + "/config")
+            if time.monotonic() > deadline:
+                waiting = ", ".join(n for n, ok in ready.items() if not ok)
+                _say(f"{waiting} not ready after {READY_TIMEOUT_S:.0f} s; giving up")
+                return 1
+            if time.monotonic() - last_note > 15:
+                _say("waiting for " + ", ".join(n for n, ok in ready.items() if not ok) + " …")
+                last_note = time.monotonic()
+            time.sleep(0.3)
+        client.close()
+        _say(f"API ready: {api_url}   (model v{version}; docs at {api_url}/docs)")
+        _say(f"UI ready:  {ui_url}   ← open this in a browser and draw")
+        _say("press Ctrl-C to stop both")
+        while True:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    _say(f"{name} exited unexpectedly with code {proc.returncode}; stopping the rest")
+                    return 1
+            time.sleep(0.5)
+    except (_Stop, KeyboardInterrupt):
+        _say("stop requested")
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        # once we are stopping, further Ctrl-C must not interrupt the clean-up half-way
+        with _ignoring_signals():
+            _stop(procs)
+        if procs:
+            _say("stopped")
+
+
+@contextlib.contextmanager
+def _ignoring_signals() -> Iterator[None]:
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(up())
