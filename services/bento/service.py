@@ -1,0 +1,504 @@
+"""The ukr-hw BentoML service: two services composed with ``bentoml.depends``.
+
+* :class:`UkrHwApi` (public, ``settings.serve_workers`` processes): validates uploads, decodes and preprocesses
+  them with THE preprocessing path (:func:`ukr_hw.preprocess.preprocess`, CPU-bound, so it is spread over
+  processes), then calls the model service. Endpoints: ``POST /classify``, ``POST /classify_batch``,
+  ``POST /info``, ``POST /admin/reload``; BentoML adds ``/readyz``, ``/livez``, ``/metrics`` and the OpenAPI
+  page at ``/`` (``/docs.json``).
+* :class:`UkrHwModel` (internal, one process): holds the model and answers the batchable ``predict`` (adaptive
+  batching: concurrent single-image requests from all API workers are merged into one forward pass of up to
+  ``settings.serve_max_batch_size`` glyphs within ``settings.serve_max_latency_ms``).
+
+Which model: the BentoML model ``ukr-hw:<tag>`` (env ``UKR_HW_BENTO_MODEL``, default ``ukr-hw:latest``) is a class
+attribute, so ``bentoml build`` packs it into the Bento; ``ukr-hw serve`` imports the registry's champion
+(``models:/ukr-hw@champion``) with ``bentoml.mlflow.import_model`` first (label ``mlflow_version``). That packed
+model is the default the service starts with. At runtime the service follows the registry: a background thread
+polls the ``champion`` alias every ``settings.reload_interval_s`` and ``POST /admin/reload`` (Bearer
+``settings.admin_token``) checks at once; a new version is loaded straight from MLflow
+(:meth:`ukr_hw.inference.Predictor.from_uri`) completely before the reference is swapped, so in-flight requests
+finish on the model they started with. An unreachable registry leaves the current model serving (warning in the
+log, gauge ``ukr_hw_registry_reachable`` 0, counter ``ukr_hw_reload_failures_total``).
+
+Bad input never gives a 5xx: ``{"error": "..."}`` with 400 (not an image, truncated, wrong field, too many
+images), 413 (too large in bytes or pixels), 415 (unsupported format) or 422 (blank canvas: no ink).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+from _bentoml_sdk.validators import FileSchema  # BentoML's own file field (kept under Optional)
+from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
+
+from ukr_hw.settings import get_settings
+
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # an unreachable registry must fail fast
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+log = logging.getLogger("ukr_hw.serve")
+SETTINGS = get_settings()
+BENTO_MODEL_TAG = os.environ.get("UKR_HW_BENTO_MODEL", "ukr-hw:latest")
+ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP"}
+FEATURES = 28 * 28 + 2  #: one model input row: 784 pixels then the ink box [height, width]
+
+
+def _guard_pixels() -> None:
+    """Decompression bombs: PIL refuses (error) images over 2× this many pixels when opening the header."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = SETTINGS.max_image_side**2
+
+
+_guard_pixels()
+
+# --- metrics (exported at /metrics with BentoML's own) ------------------------------------------------------
+
+REGISTRY_REACHABLE = bentoml.metrics.Gauge(
+    name="ukr_hw_registry_reachable",
+    documentation="1 if the last registry check succeeded, else 0",
+    multiprocess_mode="livemax",
+)
+RELOAD_FAILURES = bentoml.metrics.Counter(
+    name="ukr_hw_reload_failures", documentation="Failed checks or loads of the registry's champion"
+)
+RELOADS = bentoml.metrics.Counter(name="ukr_hw_reloads", documentation="Model swaps after the champion moved")
+MODEL_VERSION = bentoml.metrics.Gauge(
+    name="ukr_hw_model_version",
+    documentation="1 for the model version being served (label version), 0 for earlier ones",
+    labelnames=["version"],
+    multiprocess_mode="livemax",
+)
+REJECTED = bentoml.metrics.Counter(
+    name="ukr_hw_rejected_requests", documentation="Requests refused as bad input", labelnames=["reason"]
+)
+
+
+# --- response models (documentation in the OpenAPI page) -------------------------------------------------------
+
+
+class TopEntry(BaseModel):
+    label: str = Field(description="lowercase symbol (digit or Ukrainian letter)")
+    probability: float
+
+
+class ClassifyResult(BaseModel):
+    """The same object as ``ukr-hw predict`` prints."""
+
+    label: str = Field(description="the recognised symbol, lowercase: '0'-'9' or а … я")
+    is_uppercase: bool | None = Field(description="true/false for letters, null for digits")
+    case_probability: float | None = Field(description="P(uppercase) for letters, null for digits")
+    top: list[TopEntry] = Field(description="the 5 most likely symbols with probabilities")
+    model_version: str | None = Field(description="registry version of the model that answered")
+
+
+class ModelInfo(BaseModel):
+    model_version: str | None
+    source: str = Field(description="'bento' (packed at build time) or 'registry' (loaded after the alias moved)")
+    loaded_at: float = Field(description="UNIX time the model was loaded")
+    registry_reachable: bool | None = Field(description="result of the last registry check (null: none yet)")
+    last_check_error: str | None = None
+
+
+class ReloadResult(BaseModel):
+    model_version: str | None
+    previous_version: str | None
+    changed: bool
+
+
+# --- the model service -------------------------------------------------------------------------------------------
+
+
+def _stored_version(stored: Any) -> str | None:
+    info = stored.info
+    return info.labels.get("mlflow_version") or (info.metadata or {}).get("mlflow_version")
+
+
+@bentoml.service(name="ukr-hw-model", workers=1, threads=1, traffic={"timeout": 60})
+class UkrHwModel:
+    """Holds the Predictor; batched ``predict``; follows the registry's champion alias."""
+
+    bento_model = bentoml.models.BentoModel(BENTO_MODEL_TAG)
+
+    def __init__(self) -> None:
+        import torch
+
+        from ukr_hw.inference import Predictor
+
+        torch.set_num_threads(SETTINGS.serve_torch_threads)
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.registry_reachable: bool | None = None
+        self.last_check_error: str | None = None
+        try:
+            stored = self.bento_model
+        except Exception as exc:
+            raise RuntimeError(
+                f"BentoML model {BENTO_MODEL_TAG} not found in the BentoML store ({exc}); start the API with "
+                "`ukr-hw serve` (it imports the registry's champion) or run `ukr-hw train` first."
+            ) from exc
+        self.predictor = Predictor.from_dir(stored.path, _stored_version(stored))
+        self.source = "bento"
+        self.loaded_at = time.time()
+        MODEL_VERSION.labels(version=str(self.predictor.model_version)).set(1)
+        log.info("serving %s (model version %s)", stored.tag, self.predictor.model_version)
+        if SETTINGS.reload_interval_s > 0:
+            threading.Thread(target=self._poll, name="ukr-hw-reload", daemon=True).start()
+
+    # ---- hot reload ------------------------------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        self._stop.wait(min(1.0, SETTINGS.reload_interval_s))  # first check soon after start
+        while not self._stop.is_set():
+            self.check_registry()
+            self._stop.wait(SETTINGS.reload_interval_s)
+
+    def check_registry(self) -> dict[str, Any]:
+        """Load the registry's champion if it is not the one being served; keep serving on any failure."""
+        from ukr_hw.inference import Predictor, resolve_model_uri
+
+        with self._reload_lock:
+            previous = self.predictor.model_version
+            try:
+                uri, version = resolve_model_uri(None, SETTINGS)
+                self.registry_reachable, self.last_check_error = True, None
+                REGISTRY_REACHABLE.set(1)
+            except Exception as exc:
+                self.registry_reachable, self.last_check_error = False, str(exc)
+                REGISTRY_REACHABLE.set(0)
+                RELOAD_FAILURES.inc()
+                log.warning("registry check failed, still serving version %s: %s", previous, exc)
+                return {"ok": False, "error": str(exc), "model_version": previous}
+            if version == previous:
+                return {"ok": True, "model_version": previous, "previous_version": previous, "changed": False}
+            try:
+                fresh = Predictor.from_uri(uri, SETTINGS)  # fully loaded before the swap
+            except Exception as exc:
+                self.last_check_error = f"loading {uri} failed: {exc}"
+                RELOAD_FAILURES.inc()
+                log.warning("loading %s failed, still serving version %s: %s", uri, previous, exc)
+                return {"ok": False, "error": self.last_check_error, "model_version": previous}
+            self.predictor = fresh  # atomic reference swap: running batches keep their own reference
+            self.source, self.loaded_at = "registry", time.time()
+            RELOADS.inc()
+            MODEL_VERSION.labels(version=str(previous)).set(0)
+            MODEL_VERSION.labels(version=str(fresh.model_version)).set(1)
+            log.info("champion moved: now serving version %s (was %s)", fresh.model_version, previous)
+            return {"ok": True, "model_version": fresh.model_version, "previous_version": previous, "changed": True}
+
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        self._stop.set()
+
+    # ---- APIs (internal: called by UkrHwApi) -----------------------------------------------------------------
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=SETTINGS.serve_max_batch_size,
+        max_latency_ms=SETTINGS.serve_max_latency_ms,
+    )
+    def predict(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        """``rows`` (N, 786) float32: 28×28 pixels then ink [height, width] → one result dict per row."""
+        from ukr_hw.inference import format_result
+
+        predictor = self.predictor  # one model for the whole batch, even if a reload swaps meanwhile
+        rows = np.asarray(rows, dtype=np.float32).reshape(-1, FEATURES)
+        probs, case = predictor.predict_arrays(rows[:, :784].reshape(-1, 28, 28), rows[:, 784:])
+        return [format_result(p, float(c), predictor.model_version) for p, c in zip(probs, case, strict=True)]
+
+    @bentoml.api
+    def info(self) -> dict[str, Any]:
+        return {
+            "model_version": self.predictor.model_version,
+            "source": self.source,
+            "loaded_at": self.loaded_at,
+            "registry_reachable": self.registry_reachable,
+            "last_check_error": self.last_check_error,
+        }
+
+    @bentoml.api
+    def reload(self) -> dict[str, Any]:
+        return self.check_registry()
+
+
+# --- input validation -----------------------------------------------------------------------------------------
+
+
+class BadInput(Exception):
+    """A request the client must fix; becomes ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.reason = status, message, reason
+
+
+def _check_image(path: Path, name: str) -> bytes:
+    """Size, format and pixel dimensions from the header — before any pixel is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    size = path.stat().st_size
+    if size > SETTINGS.max_upload_bytes:
+        raise BadInput(
+            413,
+            f"{name} is {size / 1e6:.1f} MB, over the {SETTINGS.max_upload_bytes / 1e6:.1f} MB limit; "
+            "send a smaller PNG, JPEG or WebP (a 200×200 image is plenty).",
+            "too_large",
+        )
+    if size == 0:
+        raise BadInput(400, f"{name} is empty (0 bytes); send a PNG, JPEG or WebP file.", "not_image")
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # lazy: reads the header only
+            fmt, (w, h) = img.format, img.size
+    except Image.DecompressionBombError as exc:
+        side = SETTINGS.max_image_side
+        raise BadInput(
+            413, f"{name} declares too many pixels ({exc}); send at most {side}×{side}.", "too_large"
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadInput(
+            400,
+            f"{name} is not a readable image ({exc.__class__.__name__}); send a PNG, JPEG or WebP file.",
+            "not_image",
+        ) from exc
+    if fmt not in ACCEPTED_FORMATS:
+        raise BadInput(415, f"{name} is a {fmt} image; send PNG, JPEG or WebP.", "format")
+    if max(w, h) > SETTINGS.max_image_side or min(w, h) < 1:
+        raise BadInput(
+            413,
+            f"{name} is {w}×{h} pixels; each side must be between 1 and {SETTINGS.max_image_side}: "
+            "scale it down and send it again.",
+            "too_large",
+        )
+    return data
+
+
+def _prepare(path: Path | None, name: str) -> np.ndarray:
+    """Validated upload → one model input row (786,) via THE preprocessing path."""
+    from PIL import Image
+
+    from ukr_hw.preprocess import EmptyImageError, PreprocessError, preprocess
+
+    if path is None:
+        raise BadInput(
+            400,
+            "no image in the request: send the file as multipart/form-data field 'image' "
+            "(e.g. curl -F image=@drawing.png URL/classify).",
+            "no_file",
+        )
+    data = _check_image(Path(path), name)
+    try:
+        glyph = preprocess(data)
+    except EmptyImageError as exc:
+        raise BadInput(422, f"{name}: {exc}", "empty") from exc
+    except (PreprocessError, Image.DecompressionBombError) as exc:
+        raise BadInput(400, f"{name}: {exc}", "not_image") from exc
+    row = np.empty((FEATURES,), dtype=np.float32)
+    row[:784] = glyph.pixels.reshape(-1)
+    row[784:] = glyph.features
+    return row
+
+
+def _error(ctx: bentoml.Context, exc: BadInput) -> JSONResponse:
+    REJECTED.labels(reason=exc.reason).inc()
+    ctx.response.status_code = exc.status  # BentoML copies the context's status onto the response
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+_FILE_FIELDS = {"/classify": b"image", "/classify_batch": b"images"}
+_DISPOSITION = re.compile(rb"content-disposition:[^\r\n]*", re.IGNORECASE)
+_NAME = re.compile(rb'\bname="([^"]*)"')
+
+
+class UploadGuard:
+    """ASGI middleware on the upload routes: caps the body size before it is read into memory and refuses
+    non-file parts in the file fields (BentoML would otherwise treat such a text value as a URL to fetch)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope.get("method") != "POST" or path not in _FILE_FIELDS:
+            return await self.app(scope, receive, send)
+        limit = SETTINGS.max_upload_bytes if path == "/classify" else SETTINGS.max_batch_upload_bytes
+        limit += 64 * 1024  # multipart framing
+        headers = dict(scope.get("headers") or [])
+        too_big = JSONResponse(
+            {"error": f"request body over {limit // 1024} KiB; send smaller images (or fewer per batch)."},
+            status_code=413,
+        )
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            REJECTED.labels(reason="too_large").inc()
+            return await too_big(scope, receive, send)
+        chunks, total, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                REJECTED.labels(reason="too_large").inc()
+                return await too_big(scope, receive, send)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if b"multipart/form-data" in headers.get(b"content-type", b""):
+            field = _FILE_FIELDS[path]
+            for m in _DISPOSITION.finditer(body):
+                name = _NAME.search(m.group(0))
+                if name is None:
+                    continue
+                problem = None
+                if name.group(1) != field:
+                    got = name.group(1).decode("utf-8", "replace")[:50]
+                    problem = f"unexpected form field '{got}': send the image(s) in field '{field.decode()}'."
+                elif b"filename=" not in m.group(0):
+                    problem = f"field '{field.decode()}' must be a file upload (a PNG, JPEG or WebP), not text."
+                if problem:
+                    REJECTED.labels(reason="wrong_field").inc()
+                    return await JSONResponse({"error": problem}, status_code=400)(scope, receive, send)
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+# --- the public API service ---------------------------------------------------------------------------------------
+
+UploadedFile = Annotated[Path, FileSchema()]  #: a multipart file part, saved by BentoML to a request temp file
+
+
+@bentoml.service(
+    name="ukr-hw-api",
+    workers=SETTINGS.serve_workers,
+    traffic={"timeout": 60, "max_concurrency": 256},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+)
+class UkrHwApi:
+    """Hand-drawn Ukrainian letters and digits: upload a drawing or scan, get the symbol and its case."""
+
+    model = bentoml.depends(UkrHwModel)
+
+    def __init__(self) -> None:
+        import anyio
+
+        self._limiter = anyio.CapacityLimiter(4)  # preprocessing threads per worker process
+
+    async def _rows(self, paths: list[tuple[Path | None, str]]) -> np.ndarray:
+        import anyio
+
+        rows = [await anyio.to_thread.run_sync(_prepare, p, n, limiter=self._limiter) for p, n in paths]
+        return np.stack(rows)
+
+    @bentoml.api(route="/classify")
+    async def classify(self, ctx: bentoml.Context, image: UploadedFile | None = None) -> ClassifyResult:
+        """Classify one drawing or scan.
+
+        Send multipart/form-data with the file in field ``image`` (PNG, JPEG or WebP; an RGBA canvas with
+        transparent background or a scan with dark ink on light paper). Returns the symbol (lowercase), whether
+        it is uppercase (null for digits), the top 5 symbols and the model version that answered.
+        Errors: ``{"error": "..."}`` with 400 (not an image / truncated / no file), 413 (over
+        settings.max_upload_bytes or max_image_side), 415 (other formats), 422 (blank canvas: no ink).
+        """
+        try:
+            rows = await self._rows([(image, "image")])
+        except BadInput as exc:
+            return _error(ctx, exc)  # type: ignore[return-value]
+        results = await self.model.to_async.predict(rows)
+        return ClassifyResult.model_validate(results[0])
+
+    @bentoml.api(route="/classify_batch")
+    async def classify_batch(
+        self, ctx: bentoml.Context, images: list[UploadedFile] | None = None
+    ) -> list[ClassifyResult]:
+        """Classify several images in one request.
+
+        Send multipart/form-data with every file in the repeated field ``images`` (at most
+        settings.max_batch_images). Returns one result per image, in the order sent. Any bad image fails the
+        whole request with ``{"error": "image N: ..."}`` naming it (400/413/415/422 as for /classify).
+        """
+        try:
+            if not images:
+                raise BadInput(
+                    400,
+                    "no images in the request: send the files as repeated multipart/form-data field 'images' "
+                    "(e.g. curl -F images=@a.png -F images=@b.png URL/classify_batch).",
+                    "no_file",
+                )
+            if len(images) > SETTINGS.max_batch_images:
+                raise BadInput(
+                    400,
+                    f"{len(images)} images in one request, at most {SETTINGS.max_batch_images} allowed: "
+                    "split them over several requests.",
+                    "too_many",
+                )
+            rows = await self._rows([(p, f"image {i}") for i, p in enumerate(images)])
+        except BadInput as exc:
+            return _error(ctx, exc)  # type: ignore[return-value]
+        return [ClassifyResult.model_validate(r) for r in await self.model.to_async.predict(rows)]
+
+    @bentoml.api(route="/info")
+    async def info(self) -> ModelInfo:
+        """The model being served: version, where it came from, and the last registry check."""
+        return ModelInfo.model_validate(await self.model.to_async.info())
+
+    @bentoml.api(route="/admin/reload")
+    async def admin_reload(self, ctx: bentoml.Context) -> ReloadResult:
+        """Check the registry now and switch to the current champion if it moved (no restart, no failed requests).
+
+        Needs ``Authorization: Bearer <settings.admin_token>``: 401 without a token, 403 with a wrong one, 403
+        when the server has no admin token configured (set UKR_HW_ADMIN_TOKEN). 503 if the registry cannot be
+        reached (the current model keeps serving).
+        """
+        import hmac
+
+        configured = SETTINGS.admin_token.get_secret_value() if SETTINGS.admin_token else ""
+        header = ctx.request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if not configured:
+            return _error(
+                ctx,
+                BadInput(
+                    403,
+                    "reload is disabled: the server has no admin token; start it with UKR_HW_ADMIN_TOKEN set.",
+                    "auth",
+                ),
+            )  # type: ignore[return-value]
+        if scheme.lower() != "bearer" or not token:
+            return _error(
+                ctx, BadInput(401, "missing credentials: send 'Authorization: Bearer <admin token>'.", "auth")
+            )  # type: ignore[return-value]
+        if not hmac.compare_digest(token.strip().encode(), configured.encode()):
+            return _error(ctx, BadInput(403, "wrong admin token.", "auth"))  # type: ignore[return-value]
+        result = await self.model.to_async.reload()
+        if not result.get("ok"):
+            return _error(
+                ctx,
+                BadInput(
+                    503,
+                    f"reload failed, still serving version {result.get('model_version')}: {result.get('error')}",
+                    "reload",
+                ),
+            )  # type: ignore[return-value]
+        return ReloadResult.model_validate(result)
+
+
+UkrHwApi.add_asgi_middleware(UploadGuard)
