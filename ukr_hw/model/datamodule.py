@@ -1,0 +1,136 @@
+"""Lightning data modules over prepared :class:`~ukr_hw.data.arrays.Samples` (plain in-memory tensors).
+
+* :class:`GlyphDataModule` — fine-tuning: real handwriting (``finetune_train``) + synthetic glyphs (+ feedback),
+  a validation slice carved (stratified, seeded) from the *real* training samples only — never from the frozen
+  ``finetune_test`` split, which is kept for the final evaluation — and class-balanced sampling so the rare
+  classes are seen as often as the common ones.
+* :class:`MnistDataModule` — pretraining on the full MNIST training set, MNIST test as the validation set.
+
+Batches are ``(x uint8 (B,28,28), ink float (B,2), y int64, case int64)``; the LightningModule scales ``x`` to
+[0, 1] and augments it on the tensor. ``num_workers=0``: the data are in memory, worker processes only cost.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+
+from ukr_hw.data.arrays import Samples, load_samples
+
+
+def to_dataset(samples: Samples) -> TensorDataset:
+    return TensorDataset(
+        torch.from_numpy(samples.x.copy()),
+        torch.from_numpy(samples.ink.copy()),
+        torch.from_numpy(samples.y.copy()),
+        torch.from_numpy(samples.case.astype(np.int64)),
+    )
+
+
+def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samples, Samples]:
+    """Split off ``fraction`` of every (symbol, case) group (at least one sample of groups with ≥ 2)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    keys = samples.y.astype(np.int64) * 3 + (samples.case.astype(np.int64) + 1)
+    val_idx: list[np.ndarray] = []
+    for k in np.unique(keys):
+        idx = np.flatnonzero(keys == k)
+        if len(idx) < 2:
+            continue
+        n_val = max(1, round(len(idx) * fraction))
+        val_idx.append(rng.permutation(idx)[:n_val])
+    val = np.sort(np.concatenate(val_idx)) if val_idx else np.zeros(0, dtype=np.int64)
+    mask = np.ones(len(samples), dtype=bool)
+    mask[val] = False
+    return samples.subset(np.flatnonzero(mask)), samples.subset(val)
+
+
+def balanced_weights(y: np.ndarray, power: float = 1.0) -> torch.Tensor:
+    """Per-sample weights ∝ count(class)^-power (1.0: every class equally often; 0: the natural mix)."""
+    counts = np.bincount(y, minlength=int(y.max()) + 1 if len(y) else 1).astype(np.float64)
+    w = counts[y] ** -power
+    return torch.as_tensor(w / w.sum(), dtype=torch.double)
+
+
+class SamplesDataModule(L.LightningDataModule):
+    """Train/validation ``Samples`` held in memory."""
+
+    def __init__(
+        self,
+        train: Samples,
+        val: Samples | None = None,
+        *,
+        batch_size: int = 64,
+        balance_power: float = 0.0,
+        epoch_size: int | None = None,
+        eval_batch_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        if len(train) == 0:
+            raise ValueError("no training samples: run `ukr-hw prepare` first (or check the data paths)")
+        self.train_samples = train
+        self.val_samples = val
+        self.batch_size = int(batch_size)
+        self.balance_power = float(balance_power)
+        self.epoch_size = epoch_size
+        self.eval_batch_size = eval_batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        ds = to_dataset(self.train_samples)
+        n = int(self.epoch_size or len(ds))
+        bs = min(self.batch_size, n)
+        if self.balance_power > 0:
+            sampler = WeightedRandomSampler(balanced_weights(self.train_samples.y, self.balance_power), n)
+            return DataLoader(ds, batch_size=bs, sampler=sampler, drop_last=n >= 2 * bs, num_workers=0)
+        return DataLoader(ds, batch_size=bs, shuffle=True, drop_last=len(ds) >= 2 * bs, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_samples is None or len(self.val_samples) == 0:
+            return []
+        return DataLoader(to_dataset(self.val_samples), batch_size=self.eval_batch_size, num_workers=0)
+
+
+class GlyphDataModule(SamplesDataModule):
+    """Fine-tuning data: real + synthetic (+ extra, e.g. feedback) training, validation carved from the real part."""
+
+    @classmethod
+    def from_dir(
+        cls,
+        processed_dir: Path,
+        *,
+        val_fraction: float = 0.15,
+        seed: int = 42,
+        use_synthetic: bool = True,
+        synthetic_limit: int | None = None,
+        extra: Samples | None = None,
+        **kwargs,
+    ) -> GlyphDataModule:
+        processed_dir = Path(processed_dir)
+        real = load_samples(processed_dir / "finetune_train.npz")
+        train, val = stratified_split(real, val_fraction, seed)
+        parts = [train]
+        syn_path = processed_dir / "synthetic_train.npz"
+        if use_synthetic and syn_path.exists():
+            syn = load_samples(syn_path)
+            if synthetic_limit is not None and len(syn) > synthetic_limit:
+                syn = syn.subset(np.sort(np.random.default_rng(seed).permutation(len(syn))[:synthetic_limit]))
+            parts.append(syn)
+        if extra is not None:
+            parts.append(extra)
+        return cls(Samples.concat(parts), val, **kwargs)
+
+
+class MnistDataModule(SamplesDataModule):
+    """Pretraining data: the full MNIST training set; MNIST test for validation."""
+
+    @classmethod
+    def from_dir(cls, processed_dir: Path, **kwargs) -> MnistDataModule:
+        processed_dir = Path(processed_dir)
+        return cls(
+            load_samples(processed_dir / "mnist_train.npz"), load_samples(processed_dir / "mnist_test.npz"), **kwargs
+        )

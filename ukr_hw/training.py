@@ -1,0 +1,352 @@
+"""Training entry points used by the flows: configuration, MNIST pretraining (cached), fine-tuning, evaluation.
+
+* :func:`load_config` — ``configs/train.yaml`` (+ files named under ``merge:``, e.g. ``best_params.yaml``) +
+  dotted overrides (``{"finetune.epochs": "3"}``) over :data:`DEFAULTS`.
+* :func:`pretrain` — the whole network on the full MNIST training set, scored on MNIST test. Cached: the weights
+  are stored under ``settings.cache_dir`` keyed by the MNIST digest + the pretrain-relevant config, and re-used
+  instead of retrained while neither changes.
+* :func:`finetune` — from the pretrained body on real + synthetic (+ feedback) glyphs, best-validation weights,
+  early stopping, seeded; scored on the frozen ``finetune_test`` split.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ukr_hw.data.arrays import Samples, load_samples
+from ukr_hw.model.evaluate import EvalReport, evaluate, write_reports
+from ukr_hw.model.network import UkrHwNet, build_network
+from ukr_hw.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+#: Every key a training config may set, with its default. YAML files and overrides are merged over this.
+DEFAULTS: dict[str, Any] = {
+    "seed": 42,
+    "net": {"width": 16, "hidden": 128, "dropout": 0.2, "use_ink_features": True},
+    "trainer": {"accelerator": "cpu", "progress": True, "max_time_s": None},
+    "pretrain": {
+        "epochs": 5,
+        "batch_size": 128,
+        "lr": 0.006,
+        "weight_decay": 5e-4,
+        "schedule": "onecycle",
+        "pct_start": 0.2,
+        "label_smoothing": 0.05,
+        "epoch_size": None,  #: samples per epoch (None: all 60 000)
+        "augment": {
+            "rotation_deg": 8.0,
+            "shift": 0.06,
+            "scale_min": 0.92,
+            "scale_max": 1.08,
+            "shear_deg": 6.0,
+            "elastic_alpha": 0.0,
+            "thickness_prob": 0.3,
+            "noise_std": 0.0,
+        },
+    },
+    "finetune": {
+        "epochs": 30,
+        "patience": 8,
+        "batch_size": 64,
+        "epoch_size": 4096,  #: samples drawn (class-balanced) per epoch
+        "lr": 0.003,
+        "body_lr_mult": 0.5,
+        "weight_decay": 1e-4,
+        "schedule": "onecycle",
+        "pct_start": 0.2,
+        "label_smoothing": 0.05,
+        "case_weight": 1.0,
+        "dropout": None,  #: overrides net.dropout for fine-tuning when set
+        "balance_power": 1.0,
+        "val_fraction": 0.15,
+        "use_synthetic": True,
+        "synthetic_limit": None,
+    },
+    "augment": {},  #: fine-tune augmentation, see ukr_hw.model.augment.AugmentConfig (defaults when empty)
+}
+
+
+class ConfigError(ValueError):
+    """A training config file or override is malformed; the message says which key and what to do."""
+
+
+# --- configuration ---------------------------------------------------------------------------------------------
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} not found; pass --config with an existing YAML file") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Set dotted keys (``"finetune.epochs": "3"``); string values are parsed as YAML scalars (3, 1e-3, true)."""
+    out = copy.deepcopy(dict(config))
+    for key, value in (overrides or {}).items():
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value) if value.strip() else value
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"override {key}={value!r} is not a valid value: {exc}") from exc
+        parts = str(key).split(".")
+        node = out
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    return out
+
+
+def _check_keys(config: Mapping[str, Any], defaults: Mapping[str, Any], where: str = "") -> None:
+    for k, v in config.items():
+        if k in ("merge",):
+            continue
+        if k not in defaults:
+            raise ConfigError(f"unknown config key {where + k!r}; known keys here: {sorted(defaults)}")
+        if k != "augment" and isinstance(defaults[k], dict) and defaults[k] and isinstance(v, dict):
+            _check_keys(v, defaults[k], f"{where}{k}.")
+
+
+def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """DEFAULTS ← YAML file ← the files it lists under ``merge:`` (relative to it; skipped if absent) ← overrides."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        data = _read_yaml(path)
+        merged = [m for m in data.pop("merge", None) or []]
+        config = deep_merge(config, data)
+        for m in merged:
+            mp = (path.parent / m) if not Path(m).is_absolute() else Path(m)
+            if mp.exists():
+                config = deep_merge(config, _read_yaml(mp))
+    config = apply_overrides(config, overrides)
+    _check_keys(config, DEFAULTS)
+    return config
+
+
+def flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"finetune.lr": 0.003, …}`` for logging as MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, Mapping):
+            out.update(flat_params(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# --- shared machinery ------------------------------------------------------------------------------------------
+
+
+def setup_torch(settings: Settings | None = None) -> None:
+    s = settings or get_settings()
+    torch.set_num_threads(s.torch_threads)
+
+
+def make_trainer(
+    config: Mapping[str, Any],
+    max_epochs: int,
+    callbacks: Sequence[Any] = (),
+    logger: Any = None,
+) -> Any:
+    import lightning as L
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    tcfg = config.get("trainer", {})
+    cbs = list(callbacks)
+    progress = bool(tcfg.get("progress", True))
+    if progress:
+        cbs.append(TQDMProgressBar(refresh_rate=10))
+    max_time = tcfg.get("max_time_s")
+    return L.Trainer(
+        accelerator=tcfg.get("accelerator", "cpu"),
+        devices=1,
+        max_epochs=int(max_epochs),
+        max_time={"seconds": int(max_time)} if max_time else None,
+        logger=logger if logger is not None else False,
+        callbacks=cbs,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        default_root_dir=None,
+    )
+
+
+def _optim(section: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("lr", "weight_decay", "schedule", "pct_start", "body_lr_mult", "label_smoothing", "case_weight")
+    return {k: section[k] for k in keys if k in section}
+
+
+def _seed(seed: int) -> None:
+    import lightning as L
+
+    L.seed_everything(int(seed), workers=True, verbose=False)
+
+
+# --- pretraining -----------------------------------------------------------------------------------------------
+
+
+def pretrain_key(config: Mapping[str, Any], mnist_digest: str) -> str:
+    relevant = {"net": config["net"], "pretrain": config["pretrain"], "seed": config["seed"], "mnist": mnist_digest}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def pretrain(
+    config: Mapping[str, Any], settings: Settings | None = None, *, logger: Any = None, use_cache: bool = True
+) -> tuple[UkrHwNet, dict[str, Any]]:
+    """Train on full MNIST (or load the cached weights for the same data + config); score on MNIST test.
+
+    Returns the network and ``{"mnist_test_accuracy", "cached", "cache_key", "cache_path", "seconds"}``.
+    """
+    from ukr_hw.model.datamodule import MnistDataModule
+    from ukr_hw.model.lit import LitUkrHw
+
+    s = settings or get_settings()
+    setup_torch(s)
+    t0 = time.perf_counter()
+    train = load_samples(s.processed_dir / "mnist_train.npz")
+    test = load_samples(s.processed_dir / "mnist_test.npz")
+    key = pretrain_key(config, train.digest())
+    cache = s.path(s.cache_dir) / f"pretrain-{key}.pt"
+    if use_cache and cache.exists():
+        try:
+            blob = torch.load(cache, map_location="cpu", weights_only=True)
+            net = build_network(blob["net_config"])
+            net.load_state_dict(blob["state_dict"])
+            metrics = {**blob["metrics"], "cached": True, "cache_key": key, "cache_path": str(cache)}
+            log.info("pretrain: cache hit %s (MNIST test accuracy %.4f)", cache, metrics["mnist_test_accuracy"])
+            return net, metrics
+        except Exception as exc:  # a corrupt cache file is retrained, never fatal
+            log.warning("pretrain: ignoring unreadable cache %s (%s); retraining", cache, exc)
+
+    p = config["pretrain"]
+    _seed(config["seed"])
+    net = build_network(config["net"])
+    lit = LitUkrHw(net, optim=_optim(p), augment=p.get("augment") or {})
+    dm = MnistDataModule(train, None, batch_size=p["batch_size"], epoch_size=p.get("epoch_size"))
+    trainer = make_trainer(config, p["epochs"], logger=logger)
+    trainer.fit(lit, datamodule=dm)
+    net = lit.net.eval()
+    report = evaluate(net, test)
+    metrics = {
+        "mnist_test_accuracy": report.metrics["symbol_accuracy"],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "epochs": int(trainer.current_epoch),
+    }
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    torch.save({"state_dict": net.state_dict(), "net_config": net.config.to_dict(), "metrics": metrics}, tmp)
+    tmp.replace(cache)
+    log.info("pretrain: MNIST test accuracy %.4f in %.0f s", metrics["mnist_test_accuracy"], metrics["seconds"])
+    return net, {**metrics, "cached": False, "cache_key": key, "cache_path": str(cache)}
+
+
+# --- fine-tuning -----------------------------------------------------------------------------------------------
+
+
+def finetune_datamodule(config: Mapping[str, Any], settings: Settings | None = None, extra: Samples | None = None):
+    from ukr_hw.model.datamodule import GlyphDataModule
+
+    s = settings or get_settings()
+    f = config["finetune"]
+    return GlyphDataModule.from_dir(
+        s.processed_dir,
+        val_fraction=f["val_fraction"],
+        seed=config["seed"],
+        use_synthetic=f["use_synthetic"],
+        synthetic_limit=f.get("synthetic_limit"),
+        extra=extra,
+        batch_size=f["batch_size"],
+        balance_power=f["balance_power"],
+        epoch_size=f.get("epoch_size"),
+    )
+
+
+def finetune(
+    config: Mapping[str, Any],
+    settings: Settings | None = None,
+    init: UkrHwNet | None = None,
+    *,
+    extra: Samples | None = None,
+    callbacks: Sequence[Any] = (),
+    logger: Any = None,
+    test: Samples | None = None,
+) -> tuple[UkrHwNet, EvalReport]:
+    """Fine-tune (from ``init``'s weights when given) and score on the frozen test split.
+
+    ``extra`` joins the training data (feedback samples); ``callbacks``/``logger`` go to the Lightning Trainer
+    (e.g. an Optuna pruning callback, ``tracking.lightning_logger()``). The weights of the best validation epoch
+    are kept. ``report.metrics`` also gets ``val_score``, ``best_epoch`` and ``train_seconds``.
+    """
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from ukr_hw.model.lit import BestWeights, LitUkrHw
+
+    s = settings or get_settings()
+    setup_torch(s)
+    f = config["finetune"]
+    t0 = time.perf_counter()
+    _seed(config["seed"])
+    net_cfg = dict(config["net"])
+    if f.get("dropout") is not None:
+        net_cfg["dropout"] = float(f["dropout"])
+    net = build_network(net_cfg)
+    if init is not None:
+        net.load_state_dict(init.state_dict())
+    dm = finetune_datamodule(config, s, extra)
+    lit = LitUkrHw(net, optim=_optim(f), augment=config.get("augment") or {})
+    best = BestWeights("val/score", "max")
+    cbs: list[Any] = [best, *callbacks]
+    if f.get("patience"):
+        cbs.append(EarlyStopping("val/score", mode="max", patience=int(f["patience"])))
+    trainer = make_trainer(config, f["epochs"], callbacks=cbs, logger=logger)
+    trainer.fit(lit, datamodule=dm)
+    net = lit.net.eval()
+    train_seconds = time.perf_counter() - t0
+    test = test if test is not None else load_samples(s.processed_dir / "finetune_test.npz")
+    report = evaluate(net, test)
+    report.metrics.update(
+        {
+            "val_score": float(best.best) if best.best is not None else float("nan"),
+            "best_epoch": float(best.best_epoch if best.best_epoch is not None else -1),
+            "epochs_run": float(trainer.current_epoch),
+            "train_seconds": round(train_seconds, 1),
+        }
+    )
+    return net, report
+
+
+def save_reports(report: EvalReport, settings: Settings | None = None) -> dict[str, Path]:
+    """Write ``metrics.json`` / ``per_class.csv`` / ``confusion.csv`` into ``settings.reports_dir`` (dvc.yaml)."""
+    s = settings or get_settings()
+    return write_reports(report, s.path(s.reports_dir))
