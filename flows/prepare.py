@@ -1,0 +1,112 @@
+"""The data-prep flow: ingest → (Rukopys clean → glyphs) ∥ (MNIST decode → preprocess) ∥ fonts → split → version.
+
+Thin by design: every task is one call into :mod:`ukr_hw.data.steps`. The two data branches and the font
+rendering run concurrently. Warm runs are fast twice over: the expensive steps skip their work when their outputs
+exist and their input digest is unchanged (stamps, robust to deleted caches), and the Rukopys table check is
+cached by Prefect on the table's content (``cache_key_fn`` + persisted result).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+
+from ukr_hw.data import rukopys, steps, versioning
+from ukr_hw.settings import Settings, get_settings
+
+
+def _table_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Cache key for the table check: the CSV bytes, the glyph file listing and the checking code."""
+    folder = Path(parameters["rukopys_dir"])
+    h = hashlib.sha256((folder / "glyphs.csv").read_bytes())
+    glyphs = folder / "glyphs"
+    for p in sorted(glyphs.iterdir()) if glyphs.is_dir() else []:
+        h.update(p.name.encode())
+    h.update(inspect.getsource(rukopys).encode())
+    return f"rukopys-clean-{h.hexdigest()}"
+
+
+@task(name="ingest-rukopys", cache_policy=NO_CACHE)
+def ingest_rukopys(settings: Settings) -> str:
+    return steps.ingest_rukopys(settings)
+
+
+@task(name="ingest-mnist", cache_policy=NO_CACHE)
+def ingest_mnist(settings: Settings) -> str:
+    return steps.ingest_mnist(settings)
+
+
+@task(name="clean-rukopys", cache_key_fn=_table_key, persist_result=True)
+def clean_rukopys(rukopys_dir: str) -> rukopys.CleanResult:
+    return steps.clean_rukopys(rukopys_dir)
+
+
+@task(name="glyph-prep", cache_policy=NO_CACHE)
+def glyph_prep(cleaned: rukopys.CleanResult, settings: Settings) -> dict[str, Any]:
+    return steps.prep_rukopys(cleaned, settings)
+
+
+@task(name="mnist-prep", cache_policy=NO_CACHE)
+def mnist_prep(mnist_dir: str, settings: Settings) -> dict[str, Any]:
+    return steps.prep_mnist(mnist_dir, settings)
+
+
+@task(name="font-glyphs", cache_policy=NO_CACHE)
+def font_glyphs(settings: Settings) -> int:
+    return steps.render_fonts(settings)
+
+
+@task(name="merge-split", cache_policy=NO_CACHE)
+def merge_split(rukopys_info: dict[str, Any], mnist_info: dict[str, Any], settings: Settings) -> dict[str, int]:
+    return steps.merge_and_split(rukopys_info, mnist_info, settings)
+
+
+@task(name="preview", cache_policy=NO_CACHE)
+def preview(settings: Settings) -> str:
+    return steps.write_preview(settings)
+
+
+@task(name="dvc-version", cache_policy=NO_CACHE)
+def dvc_version(settings: Settings, push: bool) -> str:
+    return versioning.version_data(settings, push=push)
+
+
+@task(name="manifest", cache_policy=NO_CACHE)
+def manifest(settings: Settings, data_version: str) -> dict[str, Any]:
+    return steps.write_manifest(settings, data_version)
+
+
+@flow(name="prepare", log_prints=True)
+def prepare(mnist_per_class: int | None = None, push: bool = True) -> dict[str, Any]:
+    """Build the prepared data in ``settings.processed_dir`` and version it with DVC; returns the summary."""
+    overrides = {} if mnist_per_class is None else {"mnist_per_class": mnist_per_class}
+    settings = get_settings(**overrides)
+    ruk_dir = ingest_rukopys.submit(settings)
+    mnist_dir = ingest_mnist.submit(settings)
+    fonts = font_glyphs.submit(settings)
+    ruk = glyph_prep.submit(clean_rukopys.submit(ruk_dir), settings)
+    digits = mnist_prep.submit(mnist_dir, settings)
+    sizes = merge_split.submit(ruk, digits, settings).result()
+    preview(settings)
+    n_synthetic = fonts.result()
+    version = dvc_version(settings, push)
+    manifest(settings, version)
+    mnist_info = digits.result()
+    return {
+        "train": sizes["train"],
+        "test": sizes["test"],
+        "mnist_train": mnist_info["mnist_train"],
+        "mnist_test": mnist_info["mnist_test"],
+        "synthetic": n_synthetic,
+        "data_version": version,
+    }
+
+
+if __name__ == "__main__":
+    print(prepare())

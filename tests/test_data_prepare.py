@@ -1,0 +1,98 @@
+"""The real prepare flow on the mirror: sizes, stratified frozen split, outputs, warm re-run, DVC versioning."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+import numpy as np
+import yaml
+
+from tests.fixtures.data import TEST_MNIST_LIMIT, run_prepare
+from ukr_hw import labels
+from ukr_hw.data.arrays import Samples, load_samples
+from ukr_hw.data.split import append_to_train
+
+
+def test_prepared_sizes_and_stratified_split(prepared_data):
+    s = prepared_data.summary
+    assert s["train"] + s["test"] == 916 + 500
+    assert 0.17 <= s["test"] / (s["train"] + s["test"]) <= 0.23
+    assert s["mnist_train"] == TEST_MNIST_LIMIT and s["mnist_test"] == TEST_MNIST_LIMIT
+    train = load_samples(prepared_data.processed / "finetune_train.npz")
+    test = load_samples(prepared_data.processed / "finetune_test.npz")
+    assert (len(train), len(test)) == (s["train"], s["test"])
+    assert not set(train.id) & set(test.id)
+    assert (test.source == "mnist").sum() == 100  # 10 of each digit's 50
+    # stratified: every (symbol, case) group with >1 sample has ~20% in test
+    pool = Samples.concat([train, test])
+    for key, n in Counter(zip(pool.y.tolist(), pool.case.tolist(), strict=True)).items():
+        n_test = sum(1 for k in zip(test.y.tolist(), test.case.tolist(), strict=True) if k == key)
+        assert abs(n_test - round(n * 0.2)) <= 1, (labels.symbol_of(key[0]), key[1], n, n_test)
+    # all 43 classes, digits have no case, letters have one
+    assert set(pool.y.tolist()) == set(range(labels.NUM_CLASSES))
+    assert (pool.case[pool.y < 10] == labels.CASE_NONE).all()
+    assert (pool.case[pool.y >= 10] != labels.CASE_NONE).all()
+    assert pool.x.dtype == np.uint8 and pool.x.shape[1:] == (28, 28)
+    assert (pool.x.reshape(len(pool), -1).max(axis=1) > 200).all()  # every sample has ink
+    # MNIST fine-tune digits never appear in the pretraining array
+    mnist_train = load_samples(prepared_data.processed / "mnist_train.npz")
+    assert not set(mnist_train.id) & set(pool.id)
+    assert set(mnist_train.source) == {"mnist"} and (mnist_train.case == -1).all()
+
+
+def test_outputs_manifest_preview_and_dvc(prepared_data):
+    d = prepared_data.processed
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["data_version"] == prepared_data.summary["data_version"]
+    assert manifest["splits"]["finetune_train"]["n"] == prepared_data.summary["train"]
+    assert manifest["splits"]["finetune_test"]["per_source"]["mnist"] > 0
+    assert (d / "preview.png").stat().st_size > 10_000
+    assert (d / "bad_rows.csv").read_text().startswith("source,line,file")
+    assert (d / "synthetic_train.npz").exists()
+    # DVC: both folders tracked, version = hash of data/processed, pushed to the temp remote
+    processed_dvc = yaml.safe_load((prepared_data.root / "data" / "processed.dvc").read_text())
+    assert processed_dvc["outs"][0]["md5"] == prepared_data.summary["data_version"] + ".dir"
+    assert (prepared_data.root / "data" / "raw.dvc").exists()
+    remote = prepared_data.root.parent / "dvc-remote"
+    assert any(p.is_file() for p in remote.rglob("*"))
+    # the frozen test ids exist in both places
+    ids = (d / "test_ids.txt").read_text().split()
+    assert ids == (prepared_data.root / "configs" / "frozen_test_ids.txt").read_text().split()
+    assert ids == load_samples(d / "finetune_test.npz").id.tolist()
+
+
+def test_warm_rerun_is_fast_and_test_split_byte_identical(prepared_data):
+    test_file = prepared_data.processed / "finetune_test.npz"
+    before = test_file.read_bytes()
+    t0 = time.perf_counter()
+    summary = run_prepare(prepared_data.env)
+    warm = time.perf_counter() - t0
+    assert test_file.read_bytes() == before
+    assert summary == prepared_data.summary  # same data → same DVC version
+    print(f"warm re-run: {warm:.1f} s")
+
+
+def test_append_to_train_never_touches_test(prepared_data):
+    settings = prepared_data.settings()
+    d = prepared_data.processed
+    test_before = (d / "finetune_test.npz").read_bytes()
+    train = load_samples(d / "finetune_train.npz")
+    test = load_samples(d / "finetune_test.npz")
+    new = Samples.concat([train.subset(np.arange(3)), test.subset(np.arange(2))])  # known train + test ids
+    fresh = train.subset(np.arange(4))
+    fresh.id = np.array([f"feedback/new-{i}" for i in range(4)])
+    fresh.source = np.array(["feedback"] * 4)
+    dup = fresh.subset(np.array([0]))  # a duplicate inside the new batch
+    merged = append_to_train(Samples.concat([new, fresh, dup]), settings)
+    try:
+        assert len(merged) == len(train) + 4
+        assert merged.id.tolist()[-4:] == fresh.id.tolist()
+        assert load_samples(d / "finetune_train.npz").digest() == merged.digest()
+        assert (d / "finetune_test.npz").read_bytes() == test_before
+        assert not set(merged.id) & set(test.id)
+    finally:
+        from ukr_hw.data.arrays import save_samples
+
+        save_samples(train, d / "finetune_train.npz")  # leave the shared fixture as it was

@@ -1,0 +1,187 @@
+"""The data-prep steps, one function per flow task (``flows/prepare.py`` only wires them together).
+
+Each expensive step skips its work when its outputs exist and a stamp holds the digest of its inputs (raw file
+contents, the settings that matter, the source of the code doing the work), so a warm run is fast and a changed
+input or preprocessing function rebuilds exactly what depends on it. Intermediate arrays live in
+``processed_dir/.cache`` (ignored by DVC).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ukr_hw import preprocess as preprocess_module
+from ukr_hw.data import ingest as ingest_module
+from ukr_hw.data import mnist, rukopys, split, stamps, summary
+from ukr_hw.data.arrays import Samples, load_samples, save_samples
+from ukr_hw.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RUKOPYS_CACHE = "rukopys.npz"
+DIGITS_CACHE = "mnist_digits.npz"
+MNIST_TRAIN = "mnist_train.npz"
+MNIST_TEST = "mnist_test.npz"
+SYNTHETIC = "synthetic_train.npz"
+BAD_ROWS = "bad_rows.csv"
+
+
+def cache_dir(settings: Settings) -> Path:
+    return settings.processed_dir / ".cache"
+
+
+def ingest_rukopys(settings: Settings) -> str:
+    path, copied = ingest_module.ingest_rukopys(settings)
+    log.info("rukopys: %d files copied into %s", copied, path)
+    return str(path)
+
+
+def ingest_mnist(settings: Settings) -> str:
+    path, copied = ingest_module.ingest_mnist(settings)
+    log.info("mnist: %d files copied into %s", copied, path)
+    return str(path)
+
+
+def clean_rukopys(rukopys_dir: str) -> rukopys.CleanResult:
+    return rukopys.clean(Path(rukopys_dir))
+
+
+def prep_rukopys(cleaned: rukopys.CleanResult, settings: Settings) -> dict[str, Any]:
+    """Clean rows → ``.cache/rukopys.npz``; all bad rows (table and images) → ``bad_rows.csv``."""
+    out = cache_dir(settings) / RUKOPYS_CACHE
+    key = stamps.digest(
+        [(r.symbol, r.case, r.file.name) for r in cleaned.rows],
+        stamps.files_digest(r.file for r in cleaned.rows),
+        preprocess_module,
+        rukopys,
+    )
+    if stamps.is_fresh(cache_dir(settings), "rukopys", key, [out]):
+        image_bad = [rukopys.BadRow(**b) for b in stamps.read_stamp(cache_dir(settings), "rukopys")["bad"]]
+        n = int(stamps.read_stamp(cache_dir(settings), "rukopys")["n"])
+    else:
+        samples, image_bad = rukopys.prep_glyphs(cleaned.rows, settings.prep_workers)
+        save_samples(samples, out)
+        n = len(samples)
+        stamps.write_stamp(cache_dir(settings), "rukopys", key, n=n, bad=[b.__dict__ for b in image_bad])
+    bad = [*cleaned.bad, *image_bad]
+    rukopys.write_bad_rows(bad, settings.processed_dir / BAD_ROWS)
+    return {"path": str(out), "n": n, "bad": len(bad)}
+
+
+def prep_mnist(mnist_dir: str, settings: Settings) -> dict[str, Any]:
+    """Full MNIST train/test (capped by ``mnist_limit``) and the fine-tune digits, all through preprocess.
+
+    The fine-tune digits (``mnist_per_class`` per class, plus any digit in the frozen test split) are left out of
+    ``mnist_train.npz``, so pretraining never sees a digit that the fine-tune test scores.
+    """
+    frozen = split.frozen_test_ids(settings) or []
+    outs = [
+        settings.processed_dir / MNIST_TRAIN,
+        settings.processed_dir / MNIST_TEST,
+        cache_dir(settings) / DIGITS_CACHE,
+    ]
+    key = stamps.digest(
+        ingest_module.MNIST_MD5,
+        settings.mnist_per_class,
+        settings.mnist_limit,
+        settings.seed,
+        sorted(i for i in frozen if i.startswith("mnist-train/")),
+        preprocess_module,
+        mnist,
+    )
+    if stamps.is_fresh(cache_dir(settings), "mnist", key, outs):
+        return stamps.read_stamp(cache_dir(settings), "mnist")["counts"]
+    train = mnist.load_split(Path(mnist_dir), "train")
+    test = mnist.load_split(Path(mnist_dir), "test")
+    chosen = np.union1d(
+        mnist.select_per_class(train.labels, settings.mnist_per_class, settings.seed),
+        mnist.ids_to_index(frozen, "mnist-train"),
+    )
+    rest = np.setdiff1d(np.arange(len(train.labels)), chosen)
+    limit = settings.mnist_limit
+    rest, test_index = rest[:limit], np.arange(len(test.labels))[:limit]
+    # one pool call for all train digits (chosen + rest), split afterwards
+    both = mnist.preprocess_digits(train, np.concatenate([chosen, rest]), "mnist-train", settings.prep_workers)
+    digits, pretrain = both.subset(np.arange(len(chosen))), both.subset(np.arange(len(chosen), len(both)))
+    pretest = mnist.preprocess_digits(test, test_index, "mnist-test", settings.prep_workers)
+    save_samples(pretrain, outs[0])
+    save_samples(pretest, outs[1])
+    save_samples(digits, outs[2])
+    counts = {"mnist_train": len(pretrain), "mnist_test": len(pretest), "digits": len(digits), "path": str(outs[2])}
+    stamps.write_stamp(cache_dir(settings), "mnist", key, counts=counts)
+    return counts
+
+
+def render_fonts(settings: Settings) -> int:
+    """Font-rendered training glyphs → ``synthetic_train.npz`` (empty when fonts are off or unavailable)."""
+    out = settings.processed_dir / SYNTHETIC
+    if not settings.font_glyphs:
+        save_samples(Samples.empty(), out)
+        return 0
+    try:
+        from ukr_hw.data import fonts
+    except ImportError as exc:
+        log.warning("font glyphs skipped: ukr_hw.data.fonts is not available (%s)", exc)
+        save_samples(Samples.empty(), out)
+        return 0
+    key = stamps.digest(
+        fonts,
+        preprocess_module,
+        settings.seed,
+        {k: v for k, v in settings.model_dump(mode="json").items() if k.startswith("font")},
+    )
+    if stamps.is_fresh(cache_dir(settings), "fonts", key, [out]):
+        return int(stamps.read_stamp(cache_dir(settings), "fonts")["n"])
+    try:
+        samples = fonts.render_font_glyphs(settings)
+    except Exception:  # optional extra data: a broken renderer must not block the real data, but is loud
+        log.exception("font glyphs FAILED; continuing without synthetic data (fix ukr_hw.data.fonts)")
+        save_samples(Samples.empty(), out)
+        return 0
+    if samples is None or len(samples) == 0:
+        log.warning("font glyphs: none rendered (no usable fonts in %s)", settings.font_dirs)
+        samples = Samples.empty()
+    save_samples(samples, out)
+    stamps.write_stamp(cache_dir(settings), "fonts", key, n=len(samples))
+    return len(samples)
+
+
+def merge_and_split(rukopys_info: dict[str, Any], mnist_info: dict[str, Any], settings: Settings) -> dict[str, int]:
+    """Rukopys glyphs + fine-tune digits → ``finetune_train.npz`` / ``finetune_test.npz`` (frozen test split)."""
+    pool = Samples.concat([load_samples(Path(rukopys_info["path"])), load_samples(Path(mnist_info["path"]))])
+    train, test = split.split(pool, settings)
+    split.save_split(train, test, settings)
+    return {"train": len(train), "test": len(test)}
+
+
+def write_preview(settings: Settings) -> str:
+    train_path = settings.processed_dir / split.TRAIN_FILE
+    out = settings.processed_dir / summary.PREVIEW_FILE
+    key = stamps.digest(train_path, summary, settings.seed)
+    if not stamps.is_fresh(cache_dir(settings), "preview", key, [out]):
+        summary.preview(load_samples(train_path), out, seed=settings.seed)
+        stamps.write_stamp(cache_dir(settings), "preview", key)
+    return str(out)
+
+
+def write_manifest(settings: Settings, data_version: str) -> dict[str, Any]:
+    """``manifest.json``: counts per split/source/class and the data version (excluded from the DVC hash)."""
+    d = settings.processed_dir
+    names = {
+        "finetune_train": split.TRAIN_FILE,
+        "finetune_test": split.TEST_FILE,
+        "synthetic_train": SYNTHETIC,
+        "mnist_train": MNIST_TRAIN,
+        "mnist_test": MNIST_TEST,
+    }
+    splits = {name: load_samples(d / f) for name, f in names.items() if (d / f).exists()}
+    bad_rows = (
+        max(0, len((d / BAD_ROWS).read_text(encoding="utf-8").splitlines()) - 1) if (d / BAD_ROWS).exists() else 0
+    )
+    return summary.write_manifest(
+        splits, d / summary.MANIFEST_FILE, data_version=data_version, bad_rows=bad_rows, seed=settings.seed
+    )
