@@ -23,7 +23,7 @@ from ukr_hw.settings import Settings
 
 log = logging.getLogger(__name__)
 
-REMOTE_NAME = "ukr-hw"
+REMOTE_NAME = "storage"
 DVC_TIMEOUT_S = 900
 
 
