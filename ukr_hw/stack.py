@@ -16,6 +16,7 @@ logs live in ``settings.stack_dir`` (``.stack/``: ``state.json``, ``logs/*.log``
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -481,5 +482,467 @@ class MlflowServer:
         self.stop()
 
 
-def settings_or_default(settings: Settings | None) -> Settings:
-    return settings if settings is not None else get_settings()
+# --- Prefect ---------------------------------------------------------------------------------------------------------
+
+
+def prefect_env(api_url: str, home: Path | None = None) -> dict[str, str]:
+    """Environment for Prefect clients (CLI, workers, flows) bound to the server at ``api_url``."""
+    env = {"PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if home is not None:
+        env["PREFECT_HOME"] = str(home)
+    return env
+
+
+def prefect_healthy(api_url: str) -> bool:
+    return http_ok(f"{api_url}/health")
+
+
+def worker_registered(api_url: str, pool: str) -> bool:
+    """True when at least one worker of ``pool`` has sent a heartbeat to the Prefect API."""
+    req = urllib.request.Request(
+        f"{api_url}/work_pools/{pool}/workers/filter",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=3) as resp:
+            return bool(json.loads(resp.read() or b"[]"))
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+# --- the stack (ukr-hw stack up|down|status) -------------------------------------------------------------------------
+
+SERVICES = ("s3", "mlflow", "prefect", "worker", "api", "ui")
+#: what each service needs running first (``stack up mlflow`` starts s3 too)
+NEEDS: dict[str, tuple[str, ...]] = {
+    "s3": (),
+    "mlflow": ("s3",),
+    "prefect": (),
+    "worker": ("prefect", "s3", "mlflow"),
+    "api": ("mlflow", "s3"),
+    "ui": ("api", "s3"),
+}
+
+
+@dataclass
+class Stack:
+    """The native stack described by ``settings``: ports, URLs, credentials, state file and logs."""
+
+    settings: Settings
+
+    @property
+    def dir(self) -> Path:
+        return self.settings.path(self.settings.stack_dir)
+
+    @property
+    def host(self) -> str:
+        return self.settings.stack_host
+
+    def log(self, name: str) -> Path:
+        return self.dir / "logs" / f"{name}.log"
+
+    # --- addresses
+    @property
+    def s3_url(self) -> str:
+        return f"http://{self.host}:{self.settings.s3_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.host}:{self.settings.mlflow_port}"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://{self.host}:{self.settings.prefect_port}/api"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.settings.api_port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.settings.ui_port}"
+
+    def url(self, service: str) -> str:
+        return {
+            "s3": self.s3_url,
+            "mlflow": self.mlflow_url,
+            "prefect": self.prefect_api_url,
+            "worker": f"{self.prefect_api_url} (pool {self.settings.prefect_work_pool})",
+            "api": self.api_url,
+            "ui": self.ui_url,
+        }[service]
+
+    def port(self, service: str) -> int | None:
+        s = self.settings
+        return {"s3": s.s3_port, "mlflow": s.mlflow_port, "prefect": s.prefect_port, "api": s.api_port}.get(
+            service, s.ui_port if service == "ui" else None
+        )
+
+    # --- secrets: from settings when given, else generated once and kept in .stack/credentials.json (0600)
+    def credentials(self) -> dict[str, str]:
+        path = self.dir / "credentials.json"
+        stored: dict[str, str] = {}
+        if path.exists():
+            stored = json.loads(path.read_text())
+        s = self.settings
+        creds = {
+            "access_key": s.s3_access_key_id or stored.get("access_key") or "ukrhw" + secrets.token_hex(6),
+            "secret_key": (s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else None)
+            or stored.get("secret_key")
+            or secrets.token_urlsafe(24),
+            "admin_token": (s.admin_token.get_secret_value() if s.admin_token else None)
+            or stored.get("admin_token")
+            or secrets.token_urlsafe(24),
+        }
+        if creds != stored:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(creds, indent=2))
+            path.chmod(0o600)
+        return creds
+
+    def database_url(self, name: str, driver: str = "psycopg") -> str:
+        return database_url(self.settings.postgres_url, name, driver)
+
+    def client_env(self) -> dict[str, str]:
+        """Environment that points every ukr-hw client (CLI, flows, API, UI, worker) at this stack."""
+        s = self.settings
+        creds = self.credentials()
+        return {
+            "UKR_HW_MLFLOW_TRACKING_URI": self.mlflow_url,
+            "UKR_HW_OPTUNA_STORAGE": self.database_url("ukr_hw_optuna"),
+            "UKR_HW_FEEDBACK_URI": f"s3://{s.feedback_bucket}",
+            "UKR_HW_S3_ENDPOINT_URL": self.s3_url,
+            "UKR_HW_S3_ACCESS_KEY_ID": creds["access_key"],
+            "UKR_HW_S3_SECRET_ACCESS_KEY": creds["secret_key"],
+            "UKR_HW_S3_REGION": s.s3_region,
+            "UKR_HW_DVC_REMOTE_URL": f"s3://{s.dvc_bucket}/ukr-hw",
+            "UKR_HW_DVC_REMOTE_ENDPOINT_URL": self.s3_url,
+            "UKR_HW_API_URL": self.api_url,
+            "UKR_HW_API_PORT": str(s.api_port),
+            "UKR_HW_UI_PORT": str(s.ui_port),
+            "UKR_HW_ADMIN_TOKEN": creds["admin_token"],
+            "AWS_ACCESS_KEY_ID": creds["access_key"],
+            "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
+            "AWS_DEFAULT_REGION": s.s3_region,
+            "PREFECT_API_URL": self.prefect_api_url,
+        }
+
+    def write_env(self) -> Path:
+        """``.stack/env``: ``export`` lines for a shell (``source .stack/env``); 0600 since it holds secrets."""
+        path = self.dir / "env"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lines = ["# written by `ukr-hw stack up`: source it to point clients at the native stack"]
+        lines += [f"export {k}={_shell_quote(v)}" for k, v in self.client_env().items()]
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+        return path
+
+    # --- state
+    @property
+    def state_path(self) -> Path:
+        return self.dir / "state.json"
+
+    def read_state(self) -> dict[str, dict[str, Any]]:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_state(self, state: dict[str, dict[str, Any]]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_path)
+
+    def running(self, service: str, state: dict[str, dict[str, Any]] | None = None) -> bool:
+        """True when the recorded process of ``service`` is alive (and is still the process we started)."""
+        entry = (state if state is not None else self.read_state()).get(service)
+        return bool(entry) and _same_process(int(entry["pid"]), entry.get("start_time"))
+
+    def healthy(self, service: str) -> bool:
+        if service == "s3":
+            return _s3_ok(self._s3_server())
+        if service == "mlflow":
+            return http_ok(f"{self.mlflow_url}/health")
+        if service == "prefect":
+            return prefect_healthy(self.prefect_api_url)
+        if service == "worker":
+            return worker_registered(self.prefect_api_url, self.settings.prefect_work_pool)
+        if service == "api":
+            return http_ok(f"{self.api_url}/readyz")
+        if service == "ui":
+            return http_ok(f"{self.ui_url}/config")
+        raise KeyError(service)
+
+    # --- service definitions
+    def _s3_server(self) -> S3Server:
+        creds = self.credentials()
+        s = self.settings
+        return S3Server(
+            data_dir=self.dir / "s3",
+            log_path=self.log("s3"),
+            access_key=creds["access_key"],
+            secret_key=creds["secret_key"],
+            region=s.s3_region,
+            s3_port=s.s3_port,
+            host=self.host,
+            buckets=(s.mlflow_bucket, s.feedback_bucket, s.dvc_bucket),
+        )
+
+    def _start_one(self, service: str, timeout: float) -> ManagedProcess | S3Server | MlflowServer:
+        s = self.settings
+        env = self.client_env()
+        if service == "s3":
+            return self._s3_server().start(timeout=timeout)
+        if service == "mlflow":
+            ensure_database(s.mlflow_database, s.postgres_url)
+            ensure_database("ukr_hw_optuna", s.postgres_url)
+            srv = MlflowServer(
+                backend_store_uri=self.database_url(s.mlflow_database),
+                artifacts_destination=f"s3://{s.mlflow_bucket}/mlflow",
+                log_path=self.log("mlflow"),
+                s3_env={**env, "MLFLOW_S3_ENDPOINT_URL": self.s3_url},
+                port=s.mlflow_port,
+                host=self.host,
+            )
+            return srv.start(timeout=timeout)
+        if service == "prefect":
+            _require_asyncpg()
+            ensure_database(s.prefect_database, s.postgres_url)
+            require_free_port(s.prefect_port, "prefect server", self.host, setting="prefect_port")
+            proc = ManagedProcess(
+                "prefect",
+                [find_executable("prefect"), "server", "start", "--host", self.host, "--port", str(s.prefect_port)],
+                self.log("prefect"),
+                env={
+                    **prefect_env(self.prefect_api_url, self.dir / "prefect-home"),
+                    "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url(s.prefect_database, "asyncpg"),
+                    "PREFECT_SERVER_UI_ENABLED": "true",
+                },
+            )
+            proc.start()
+            proc.wait_ready(
+                lambda: prefect_healthy(self.prefect_api_url), timeout, f"Prefect at {self.prefect_api_url}"
+            )
+            return proc
+        if service == "worker":
+            proc = ManagedProcess(
+                "worker",
+                [
+                    find_executable("prefect"),
+                    "worker",
+                    "start",
+                    "--pool",
+                    s.prefect_work_pool,
+                    "--type",
+                    "process",
+                    "--name",
+                    f"ukr-hw-{socket.gethostname()}-{os.getpid()}",
+                ],
+                self.log("worker"),
+                env={**env, **prefect_env(self.prefect_api_url, self.dir / "prefect-home")},
+                cwd=s.root,
+            )
+            proc.start()
+            proc.wait_ready(
+                lambda: worker_registered(self.prefect_api_url, s.prefect_work_pool),
+                timeout,
+                f"worker on pool {s.prefect_work_pool}",
+            )
+            return proc
+        if service == "api":
+            require_free_port(s.api_port, "API", self.host, setting="api_port")
+            proc = ManagedProcess(
+                "api",
+                [find_executable("ukr-hw"), "serve", "--host", self.host, "--port", str(s.api_port)],
+                self.log("api"),
+                env=env,
+                cwd=s.root,
+            )
+            proc.start()
+            proc.wait_ready(lambda: http_ok(f"{self.api_url}/readyz"), timeout, f"API at {self.api_url}")
+            return proc
+        if service == "ui":
+            require_free_port(s.ui_port, "UI", self.host, setting="ui_port")
+            proc = ManagedProcess(
+                "ui",
+                [
+                    find_executable("ukr-hw"),
+                    "ui",
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(s.ui_port),
+                    "--api-url",
+                    self.api_url,
+                ],
+                self.log("ui"),
+                env=env,
+                cwd=s.root,
+            )
+            proc.start()
+            proc.wait_ready(lambda: http_ok(f"{self.ui_url}/config"), timeout, f"UI at {self.ui_url}")
+            return proc
+        raise StackError(f"unknown service {service!r}: choose from {', '.join(SERVICES)}")
+
+    def up(self, services: Sequence[str] = (), timeout: float = 300.0, echo: Callable[[str], None] = print) -> None:
+        """Start ``services`` (default: all) and what they need, skipping those already running."""
+        wanted = expand(services)
+        self.write_env()
+        state = self.read_state()
+        for service in wanted:
+            if self.running(service, state):
+                echo(f"{service:8} already running (pid {state[service]['pid']}) {self.url(service)}")
+                continue
+            echo(f"{service:8} starting … (log: {self.log(service)})")
+            started = self._start_one(service, timeout)
+            pid = started.pid
+            assert pid is not None
+            state[service] = {
+                "pid": pid,
+                "start_time": _process_start_time(pid),
+                "url": self.url(service),
+                "port": self.port(service),
+                "log": str(self.log(service)),
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            self._write_state(state)
+            echo(f"{service:8} up      (pid {pid}) {self.url(service)}")
+
+    def down(self, services: Sequence[str] = (), echo: Callable[[str], None] = print) -> None:
+        """Stop ``services`` (default: all recorded), in reverse start order."""
+        state = self.read_state()
+        names = [n for n in reversed(SERVICES) if n in state and (not services or n in services)]
+        for service in names:
+            entry = state[service]
+            if self.running(service, state):
+                kill_group(int(entry["pid"]))
+                echo(f"{service:8} stopped (pid {entry['pid']})")
+            else:
+                echo(f"{service:8} was not running")
+            del state[service]
+            self._write_state(state)
+        if not names:
+            echo("nothing to stop")
+
+    def status(self, services: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+        """Each service: running (our process alive), healthy (answers its probe), url, pid, log."""
+        state = self.read_state()
+        out: dict[str, dict[str, Any]] = {}
+        for service in services or SERVICES:
+            entry = state.get(service, {})
+            running = self.running(service, state)
+            out[service] = {
+                "up": running and _safe(lambda s=service: self.healthy(s)),
+                "running": running,
+                "pid": entry.get("pid") if running else None,
+                "url": self.url(service),
+                "log": str(self.log(service)),
+            }
+        return out
+
+
+def expand(services: Sequence[str]) -> list[str]:
+    """``services`` plus what they need, in start order (all when empty)."""
+    unknown = [s for s in services if s not in SERVICES]
+    if unknown:
+        raise StackError(f"unknown service(s) {', '.join(unknown)}: choose from {', '.join(SERVICES)}")
+    wanted: set[str] = set()
+
+    def add(name: str) -> None:
+        if name not in wanted:
+            wanted.add(name)
+            for dep in NEEDS[name]:
+                add(dep)
+
+    for name in services or SERVICES:
+        add(name)
+    return [s for s in SERVICES if s in wanted]
+
+
+def _require_asyncpg() -> None:
+    try:
+        import asyncpg  # noqa: F401
+    except ImportError:
+        raise StackError("prefect server on PostgreSQL needs the asyncpg driver: `uv pip install asyncpg`") from None
+
+
+def _s3_ok(server: S3Server) -> bool:
+    try:
+        server.client().list_buckets()
+    except Exception:
+        return False
+    return True
+
+
+def _safe(check: Callable[[], bool]) -> bool:
+    try:
+        return bool(check())
+    except Exception:
+        return False
+
+
+def _process_start_time(pid: int) -> str | None:
+    """Kernel start time of ``pid`` (field 22 of /proc/<pid>/stat): tells a reused pid from ours."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _same_process(pid: int, start_time: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    current = _process_start_time(pid)
+    return start_time is None or current is None or current == start_time
+
+
+def _shell_quote(value: str) -> str:
+    import shlex
+
+    return shlex.quote(value)
+
+
+def main(action: str, services: Sequence[str] = (), settings: Settings | None = None) -> int:
+    """``ukr-hw stack up|down|status [SERVICES]``; returns the exit code."""
+    stack = Stack(settings or get_settings())
+    try:
+        if action == "up":
+            try:
+                stack.up(services)
+            finally:
+                env_path = stack.dir / "env"
+                if env_path.exists():
+                    print(f"\nclients: `source {env_path}` (or export these):")
+                    for key in (
+                        "UKR_HW_MLFLOW_TRACKING_URI",
+                        "PREFECT_API_URL",
+                        "UKR_HW_FEEDBACK_URI",
+                        "UKR_HW_S3_ENDPOINT_URL",
+                        "UKR_HW_API_URL",
+                    ):
+                        print(f"  {key}={stack.client_env()[key]}")
+            return 0
+        if action == "down":
+            stack.down(services)
+            return 0
+        if action == "status":
+            report = stack.status(expand(services) if services else ())
+            for name, info in report.items():
+                mark = "up" if info["up"] else ("starting/unhealthy" if info["running"] else "down")
+                pid = f"pid {info['pid']}" if info["pid"] else ""
+                print(f"{name:8} {mark:18} {info['url']:40} {pid}")
+            return 0 if all(i["up"] for i in report.values()) else 3
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if action == "up":
+            print("services started so far keep running: `ukr-hw stack status`, `ukr-hw stack down`", file=sys.stderr)
+        return 1
+    raise StackError(f"unknown action {action!r}: up, down or status")
