@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # --- upstream sources (used when no mirror is set) ---------------------------------------------------
     rukopys_repo: str = "lynnporu/rukopys-dataset"
     rukopys_commit: str = "d02f11f"
+    rukopys_archive_url: str = Field(
+        "https://codeload.github.com/{repo}/tar.gz/{commit}", description="Rukopys tarball URL template."
+    )
     mnist_base_url: str = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 
     # --- data preparation ---------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def ingest_rukopys(settings: Settings) -> tuple[Path, int]:
         return dst, int(copied)
     if (dst / RUKOPYS_CSV).exists() and (dst / RUKOPYS_GLYPHS).is_dir():
         return dst, 0  # already downloaded (the commit is pinned, so it cannot have changed upstream)
-    url = f"https://codeload.github.com/{settings.rukopys_repo}/tar.gz/{settings.rukopys_commit}"
+    url = settings.rukopys_archive_url.format(repo=settings.rukopys_repo, commit=settings.rukopys_commit)
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "rukopys.tar.gz"
         _download(url, archive, f"Rukopys @ {settings.rukopys_commit}")
