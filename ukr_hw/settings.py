@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     serve_torch_threads: int = Field(1, ge=1, description="torch threads in the model worker (batched predict).")
     serve_max_batch_size: int = Field(64, ge=1, description="Adaptive batching: most glyphs per model call.")
     serve_max_latency_ms: int = Field(20, ge=1, description="Adaptive batching: latency budget of the model call.")
+    max_batch_upload_bytes: int = Field(32 * 1024 * 1024, description="Cap on one /classify_batch request body.")
+    serve_workers: int = Field(2, ge=1, description="BentoML API worker processes (decode + preprocess).")
+    serve_torch_threads: int = Field(1, ge=1, description="torch threads in the model worker (batched predict).")
+    serve_max_batch_size: int = Field(64, ge=1, description="Adaptive batching: most glyphs per model call.")
+    serve_max_latency_ms: int = Field(20, ge=1, description="Adaptive batching: latency budget of the model call.")
 
     # --- UI -----------------------------------------------------------------------------------------------
     ui_host: str = "127.0.0.1"

@@ -32,7 +32,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any, Optional
 
 import bentoml
 import numpy as np
@@ -383,7 +383,10 @@ class UploadGuard:
 
 # --- the public API service ---------------------------------------------------------------------------------------
 
-UploadedFile = Annotated[Path, FileSchema()]  #: a multipart file part, saved by BentoML to a request temp file
+# BentoML turns a ``Path`` field into a file part by annotating it with its (unhashable) FileSchema; inside
+# ``Optional`` typing must hash it. Hashable by identity, so a missing field reaches our own clear message.
+FileSchema.__hash__ = object.__hash__  # type: ignore[method-assign]
+UploadedFile = Optional[Path]  # noqa: UP045 - typing.Optional: BentoML patches typing.Union, not X | None
 
 
 @bentoml.service(
@@ -409,7 +412,7 @@ class UkrHwApi:
         return np.stack(rows)
 
     @bentoml.api(route="/classify")
-    async def classify(self, ctx: bentoml.Context, image: UploadedFile | None = None) -> ClassifyResult:
+    async def classify(self, ctx: bentoml.Context, image: UploadedFile = None) -> ClassifyResult:
         """Classify one drawing or scan.
 
         Send multipart/form-data with the file in field ``image`` (PNG, JPEG or WebP; an RGBA canvas with
@@ -427,7 +430,9 @@ class UkrHwApi:
 
     @bentoml.api(route="/classify_batch")
     async def classify_batch(
-        self, ctx: bentoml.Context, images: list[UploadedFile] | None = None
+        self,
+        ctx: bentoml.Context,
+        images: Optional[list[Path]] = None,  # noqa: UP045
     ) -> list[ClassifyResult]:
         """Classify several images in one request.
 

@@ -1,0 +1,196 @@
+"""Serving benchmark: latency and throughput of the BentoML API vs a naive server vs the in-process limit.
+
+    .venv/bin/python benchmarks/serving.py [--url http://127.0.0.1:3000] [--requests 400] [--concurrency 1 8 32]
+
+Starts ``ukr-hw serve`` (unless ``--url``) and the naive server (``benchmarks/naive_server.py``: FastAPI +
+``mlflow.pyfunc.load_model``, one image per request) on free ports, against the registry in the settings
+(``UKR_HW_MLFLOW_TRACKING_URI``; a champion must exist). Clients send real 200×200 Rukopys PNGs from the mirror
+(``UKR_HW_DATA_MIRROR`` or ../shared/datasets) as multipart uploads. The in-process limit is the same model called
+directly on full batches (preprocess + ``predict_arrays``, one process). Prints a table and the ratios; compare
+ratios within one run (other processes share the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _images(n: int) -> list[bytes]:
+    from ukr_hw.settings import get_settings
+
+    mirror = get_settings().data_mirror or REPO.parent / "shared" / "datasets"
+    files = sorted((Path(mirror) / "rukopys" / "glyphs").glob("*.png"))
+    if not files:
+        sys.exit(f"no Rukopys glyphs under {mirror}/rukopys/glyphs; set UKR_HW_DATA_MIRROR")
+    return [f.read_bytes() for f in files[:: max(1, len(files) // n)][:n]]
+
+
+def _start(cmd: list[str], url: str, log: Path, timeout: float = 300) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{' '.join(cmd)} exited with {proc.returncode}; see {log}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    _stop(proc)
+    sys.exit(f"{url} not ready after {timeout:.0f} s; see {log}")
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def _load(url: str, images: list[bytes], concurrency: int, total: int) -> dict[str, float]:
+    """``concurrency`` clients, each sending one image at a time until ``total`` requests are done."""
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(total))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+
+        async def one_client() -> None:
+            nonlocal errors
+            for i in counter:
+                data = images[i % len(images)]
+                t0 = time.perf_counter()
+                r = await http.post("/classify", files={"image": ("g.png", data, "image/png")})
+                latencies.append(time.perf_counter() - t0)
+                errors += r.status_code != 200
+
+        for data in images[:8]:  # warm-up
+            await http.post("/classify", files={"image": ("g.png", data, "image/png")})
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1e3
+    return {
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "rps": len(lat) / wall,
+        "errors": errors,
+    }
+
+
+def in_process_limit(images: list[bytes], batch: int = 64, repeats: int = 3) -> float:
+    """Images/s for preprocess + predict_arrays on full batches in this process (the upper limit)."""
+    import torch
+
+    from ukr_hw.inference import Predictor
+    from ukr_hw.preprocess import preprocess
+
+    torch.set_num_threads(1)
+    predictor = Predictor.from_uri()
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for start in range(0, len(images), batch):
+            glyphs = [preprocess(d) for d in images[start : start + batch]]
+            predictor.predict_arrays(np.stack([g.pixels for g in glyphs]), np.stack([g.features for g in glyphs]))
+        best = max(best, len(images) / (time.perf_counter() - t0))
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--url", help="an already running `ukr-hw serve` (default: start one)")
+    ap.add_argument("--naive-url", help="an already running naive server (default: start one)")
+    ap.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
+    ap.add_argument("--images", type=int, default=128)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--log-dir", type=Path, default=Path("/tmp"))
+    args = ap.parse_args()
+
+    images = _images(args.images)
+    print(f"{len(images)} Rukopys PNGs, {np.mean([len(d) for d in images]):.0f} bytes on average", flush=True)
+    procs: list[subprocess.Popen] = []
+    try:
+        url = args.url
+        if not url:
+            port = _free_port()
+            url = f"http://127.0.0.1:{port}"
+            print(f"starting ukr-hw serve on {url} …", flush=True)
+            cmd = [sys.executable, "-m", "ukr_hw.cli", "serve", "--port", str(port), "--host", "127.0.0.1"]
+            procs.append(_start(cmd, url, args.log_dir / "bench-bento.log"))
+        naive = args.naive_url
+        if not naive:
+            port = _free_port()
+            naive = f"http://127.0.0.1:{port}"
+            print(f"starting the naive server on {naive} …", flush=True)
+            cmd = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "benchmarks.naive_server:app",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ]
+            procs.append(_start(cmd, naive, args.log_dir / "bench-naive.log"))
+
+        rows: dict[tuple[str, int], dict[str, float]] = {}
+        for c in args.concurrency:
+            for name, target in (("bentoml", url), ("naive", naive)):
+                rows[(name, c)] = asyncio.run(_load(target, images, c, args.requests))
+                r = rows[(name, c)]
+                print(
+                    f"  {name:8s} c={c:<3d} p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
+                    f"{r['rps']:7.1f} req/s  errors {r['errors']}",
+                    flush=True,
+                )
+        for p in procs:  # free the CPU for the in-process measurement
+            _stop(p)
+        limit = in_process_limit(images)
+    finally:
+        for p in procs:
+            _stop(p)
+
+    print("\n| server | clients | p50 ms | p99 ms | req/s | errors |\n| --- | --- | --- | --- | --- | --- |")
+    for (name, c), r in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        print(f"| {name} | {c} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.1f} | {r['errors']:.0f} |")
+    print(f"| in-process (preprocess + predict_arrays, batches of 64) | - | - | - | {limit:.1f} | 0 |")
+    top = max(args.concurrency)
+    b, n = rows[("bentoml", top)]["rps"], rows[("naive", top)]["rps"]
+    print(
+        f"\nthroughput at {top} clients: bentoml/naive = {b / n:.2f}× (target ≥ 3), "
+        f"bentoml/in-process = {b / limit:.0%} (target ≥ 50%)"
+    )
+    if 1 in args.concurrency:
+        print(f"p99 at 1 client: {rows[('bentoml', 1)]['p99_ms']:.1f} ms (target ≤ 20 ms)")
+
+
+if __name__ == "__main__":
+    main()
