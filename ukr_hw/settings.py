@@ -16,6 +16,34 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+#: Handwriting-like fonts (and italic/cursive text faces) with Cyrillic incl. Ґ Є І Ї; packages in deploy/fonts.txt.
+DEFAULT_FONT_INCLUDE: tuple[str, ...] = (
+    "SteveHand",
+    "setofont",
+    "kiloji*",
+    "KleeOne-*",
+    "Andika-*",
+    "FantasqueSansMono-*",
+    "monof5?",
+    "Comfortaa-*",
+    "cmunti",
+    "cmunci",
+    "cmunui",
+    "PTS56F",
+    "PTF56F",
+    "DejaVuSans-Oblique",
+    "DejaVuSerif-Italic",
+    "LiberationSans-Italic",
+    "LiberationSerif-Italic",
+    "GentiumPlus-Italic",
+    "LinBiolinum_RI",
+    "LinLibertine_RI",
+    "Z003-MediumItalic",
+    "URWBookman-LightItalic",
+    "OldStandard-Italic",
+)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UKR_HW_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
@@ -45,6 +73,15 @@ class Settings(BaseSettings):
         Path("configs/frozen_test_ids.txt"), description="The frozen fine-tune test split (ids), kept in git."
     )
     font_dirs: list[Path] = [Path("/usr/share/fonts")]
+    font_variants: int = Field(4, ge=1, description="Rendered variants per font × symbol × case.")
+    font_include: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_FONT_INCLUDE),
+        description="Font file stems (globs) to render from; ['*'] = every font that covers the alphabet.",
+    )
+    font_exclude: list[str] = Field(default_factory=list, description="Font file stems (globs) held out.")
+    font_min_coverage: float = Field(
+        0.85, ge=0, le=1, description="Fonts must draw at least this share of the 76 glyphs (missing ones skipped)."
+    )
 
     # --- DVC ----------------------------------------------------------------------------------------------
     dvc_remote_url: str = Field(".dvc-storage", description="Local folder or s3://bucket/prefix.")
@@ -89,11 +126,6 @@ class Settings(BaseSettings):
     serve_torch_threads: int = Field(1, ge=1, description="torch threads in the model worker (batched predict).")
     serve_max_batch_size: int = Field(64, ge=1, description="Adaptive batching: most glyphs per model call.")
     serve_max_latency_ms: int = Field(20, ge=1, description="Adaptive batching: latency budget of the model call.")
-    max_batch_upload_bytes: int = Field(32 * 1024 * 1024, description="Cap on one /classify_batch request body.")
-    serve_workers: int = Field(2, ge=1, description="BentoML API worker processes (decode + preprocess).")
-    serve_torch_threads: int = Field(1, ge=1, description="torch threads in the model worker (batched predict).")
-    serve_max_batch_size: int = Field(64, ge=1, description="Adaptive batching: most glyphs per model call.")
-    serve_max_latency_ms: int = Field(20, ge=1, description="Adaptive batching: latency budget of the model call.")
 
     # --- UI -----------------------------------------------------------------------------------------------
     ui_host: str = "127.0.0.1"
@@ -115,6 +147,16 @@ class Settings(BaseSettings):
     feedback_bucket: str = "feedback"
     dvc_bucket: str = "dvc"
     prefect_work_pool: str = "ukr-hw-process"
+
+    # --- retraining on feedback (`ukr-hw retrain`) ------------------------------------------------------------
+    lineage_db: str = Field(
+        "sqlite:///lineage.db", description="SQLAlchemy URL of the lineage tables (samples ↔ data ↔ model versions)."
+    )
+    user_test_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of feedback held out (by sample-id hash) as the 'user drawings' test set."
+    )
+    retrain_config: Path = Field(Path("configs/train.yaml"), description="Training config the retrain fine-tunes with.")
+    retrain_min_samples: int = Field(1, ge=1, description="Fewer new valid samples than this: no retraining.")
 
     @field_validator("data_mirror", "mnist_limit", mode="before")
     @classmethod
@@ -148,6 +190,10 @@ class Settings(BaseSettings):
     def resolved_optuna_storage(self) -> str:
         """Optuna RDB storage URL, a relative SQLite file resolved against ``root``."""
         return self._resolve_sqlite(self.optuna_storage)
+
+    def resolved_lineage_db(self) -> str:
+        """Lineage database URL, a relative SQLite file resolved against ``root``."""
+        return self._resolve_sqlite(self.lineage_db)
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -610,6 +610,7 @@ class Stack:
         s = self.settings
         creds = self.credentials()
         return {
+            "UKR_HW_ROOT": str(s.root),
             "UKR_HW_MLFLOW_TRACKING_URI": self.mlflow_url,
             "UKR_HW_OPTUNA_STORAGE": self.database_url("ukr_hw_optuna"),
             "UKR_HW_FEEDBACK_URI": f"s3://{s.feedback_bucket}",

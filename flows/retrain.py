@@ -1,0 +1,105 @@
+"""The weekly retrain flow: feedback → validated samples → TRAIN (+ user-drawings test set) → DVC data version →
+fine-tune from the champion → evaluate → register / promote under the gate → lineage → tell the API to reload.
+
+Thin: every task is one call into :mod:`ukr_hw.retraining` (or the data/versioning modules). With no new valid
+samples it ends early and says so. Deployed by ``prefect.yaml`` as ``retrain/weekly`` (Monday 03:00 Europe/Kyiv).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from ukr_hw import retraining
+from ukr_hw.data import versioning
+from ukr_hw.feedback import FeedbackStore
+from ukr_hw.settings import Settings, get_settings
+
+
+@task(name="collect-feedback", cache_policy=NO_CACHE)
+def collect(settings: Settings) -> retraining.Collected:
+    return retraining.collect(FeedbackStore.from_settings(settings), settings)
+
+
+@task(name="add-to-data", cache_policy=NO_CACHE)
+def add_to_data(collected: retraining.Collected, settings: Settings) -> dict[str, int]:
+    train_part, test_part = retraining.split_roles(collected.samples, settings)
+    return retraining.add_to_data(train_part, test_part, settings)
+
+
+@task(name="dvc-version", cache_policy=NO_CACHE)
+def version(settings: Settings) -> str:
+    return versioning.version_data(settings, push=settings.dvc_push)
+
+
+@task(name="finetune-from-champion", cache_policy=NO_CACHE)
+def finetune(config_path: str | None, overrides: dict[str, Any] | None, settings: Settings) -> dict[str, Any]:
+    return retraining.finetune_from_champion(config_path, overrides, settings)
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register(
+    trained: dict[str, Any], data_version: str, collected: retraining.Collected, settings: Settings
+) -> dict[str, Any]:
+    return retraining.register(trained, data_version, collected, retraining.feedback_in_data(settings), settings)
+
+
+@task(name="reload-api", cache_policy=NO_CACHE)
+def reload_api(settings: Settings) -> dict[str, Any]:
+    return retraining.notify_api(settings)
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(config_path: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Learn from new feedback; returns a summary (``status``: ``no_new_samples`` or ``retrained``)."""
+    logger = get_run_logger()
+    settings = get_settings()
+    collected = collect(settings)
+    summary: dict[str, Any] = {
+        "new_samples": len(collected.samples),
+        "quarantined": collected.quarantined,
+    }
+    if len(collected.samples) < settings.retrain_min_samples:
+        logger.info(
+            "no retraining: %d new valid feedback samples (need %d), %d quarantined",
+            len(collected.samples),
+            settings.retrain_min_samples,
+            len(collected.quarantined),
+        )
+        return {"status": "no_new_samples", **summary}
+    summary["data_sizes"] = add_to_data(collected, settings)
+    data_version = version(settings)
+    trained = finetune(str(config_path) if config_path else None, overrides, settings)
+    registration = register(trained, data_version, collected, settings)
+    summary.update(
+        status="retrained",
+        data_version=data_version,
+        test_metrics=_pick(trained["report"].metrics),
+        user_test_metrics=_pick(trained["user_report"].metrics) if trained["user_report"] else None,
+        champion_user_test_metrics=_pick(trained["champion_user_report"].metrics)
+        if trained["champion_user_report"]
+        else None,
+        previous_champion=trained["champion_version"],
+        **registration,
+    )
+    summary["api"] = reload_api(settings) if registration["promoted"] else {"reloaded": False, "reason": "not promoted"}
+    logger.info(
+        "retrained on %d new samples: model v%s, %s",
+        summary["new_samples"],
+        registration["model_version"],
+        registration["reason"],
+    )
+    return summary
+
+
+def _pick(metrics: dict[str, float]) -> dict[str, float]:
+    keys = ("symbol_accuracy", "case_accuracy")
+    return {k: round(float(metrics[k]), 4) for k in keys if k in metrics}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import json
+
+    print(json.dumps(retrain(), ensure_ascii=False, default=str))
