@@ -15,7 +15,6 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 #: Handwriting-like fonts (and italic/cursive text faces) with Cyrillic incl. Ґ Є І Ї; packages in deploy/fonts.txt.
 DEFAULT_FONT_INCLUDE: tuple[str, ...] = (
     "SteveHand",
@@ -73,7 +72,7 @@ class Settings(BaseSettings):
         Path("configs/frozen_test_ids.txt"), description="The frozen fine-tune test split (ids), kept in git."
     )
     font_dirs: list[Path] = [Path("/usr/share/fonts")]
-    font_variants: int = Field(4, ge=1, description="Rendered variants per font × symbol × case.")
+    font_variants: int = Field(3, ge=1, description="Rendered variants per font × symbol × case.")
     font_include: list[str] = Field(
         default_factory=lambda: list(DEFAULT_FONT_INCLUDE),
         description="Font file stems (globs) to render from; ['*'] = every font that covers the alphabet.",
@@ -138,6 +137,10 @@ class Settings(BaseSettings):
     )
     stack_dir: Path = Field(Path(".stack"), description="Pids, logs, data and the env file of `ukr-hw stack`.")
     stack_host: str = "127.0.0.1"
+    code_dir: Path | None = Field(
+        default=None,
+        description="Checkout the Prefect worker runs flows from (prefect.yaml pull step); None: the package's repo.",
+    )
     s3_port: int = 8333
     mlflow_port: int = 5000
     prefect_port: int = 4200
