@@ -97,7 +97,12 @@ def split(pool: Samples, settings: Settings) -> tuple[Samples, Samples]:
     train_mask = np.ones(len(pool), dtype=bool)
     train_mask[test_idx] = False
     persist_test_ids(ids, settings)
-    return pool.subset(np.flatnonzero(train_mask)), pool.subset(test_idx)
+    return _compact(pool.subset(np.flatnonzero(train_mask))), _compact(pool.subset(test_idx))
+
+
+def _compact(s: Samples) -> Samples:
+    """String columns at their own minimal width, so a split's bytes do not depend on what else was in the pool."""
+    return Samples(x=s.x, y=s.y, case=s.case, ink=s.ink, source=s.source.tolist(), id=s.id.tolist())
 
 
 def save_split(train: Samples, test: Samples, settings: Settings) -> tuple[Path, Path]:
