@@ -36,6 +36,8 @@ from typing import Any
 from ukr_hw.settings import Settings, get_settings
 
 LOOPBACK = "127.0.0.1"
+#: the checkout this package runs from (flows/, services/, prefect.yaml live here)
+REPO = Path(__file__).resolve().parents[1]
 
 
 class StackError(RuntimeError):
@@ -611,6 +613,7 @@ class Stack:
         creds = self.credentials()
         return {
             "UKR_HW_ROOT": str(s.root),
+            "UKR_HW_CODE_DIR": str(s.code_dir or REPO),
             "UKR_HW_MLFLOW_TRACKING_URI": self.mlflow_url,
             "UKR_HW_OPTUNA_STORAGE": self.database_url("ukr_hw_optuna"),
             "UKR_HW_FEEDBACK_URI": f"s3://{s.feedback_bucket}",
@@ -744,7 +747,7 @@ class Stack:
                 ],
                 self.log("worker"),
                 env={**env, **prefect_env(self.prefect_api_url, self.dir / "prefect-home")},
-                cwd=s.root,
+                cwd=s.code_dir or REPO,
             )
             proc.start()
             proc.wait_ready(
