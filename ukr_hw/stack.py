@@ -615,7 +615,12 @@ class Stack:
             "UKR_HW_ROOT": str(s.root),
             "UKR_HW_CODE_DIR": str(s.code_dir or REPO),
             "UKR_HW_MLFLOW_TRACKING_URI": self.mlflow_url,
-            "UKR_HW_OPTUNA_STORAGE": self.database_url("ukr_hw_optuna"),
+            "UKR_HW_OPTUNA_STORAGE": s.optuna_storage
+            if not s.optuna_storage.startswith("sqlite")
+            else self.database_url("ukr_hw_optuna"),
+            "UKR_HW_LINEAGE_DB": s.lineage_db
+            if not s.lineage_db.startswith("sqlite")
+            else self.database_url("ukr_hw_lineage"),
             "UKR_HW_FEEDBACK_URI": f"s3://{s.feedback_bucket}",
             "UKR_HW_S3_ENDPOINT_URL": self.s3_url,
             "UKR_HW_S3_ACCESS_KEY_ID": creds["access_key"],
@@ -702,7 +707,8 @@ class Stack:
             return self._s3_server().start(timeout=timeout)
         if service == "mlflow":
             ensure_database(s.mlflow_database, s.postgres_url)
-            ensure_database("ukr_hw_optuna", s.postgres_url)
+            for extra in ("ukr_hw_optuna", "ukr_hw_lineage"):  # Optuna studies and retrain lineage live beside
+                ensure_database(extra, s.postgres_url)
             srv = MlflowServer(
                 backend_store_uri=self.database_url(s.mlflow_database),
                 artifacts_destination=f"s3://{s.mlflow_bucket}/mlflow",
@@ -762,7 +768,8 @@ class Stack:
                 "api",
                 [find_executable("ukr-hw"), "serve", "--host", self.host, "--port", str(s.api_port)],
                 self.log("api"),
-                env=env,
+                # the stack's own BentoML store: tags like ukr-hw:mlflow-v1 are per registry
+                env={"BENTOML_HOME": str(self.dir / "bentoml"), **env},
                 cwd=s.root,
             )
             proc.start()
