@@ -27,6 +27,7 @@ POSTGRES_PASSWORD=change-me-postgres
 MLFLOW_DB_PASSWORD=change-me-mlflow-db
 PREFECT_DB_PASSWORD=change-me-prefect-db
 OPTUNA_DB_PASSWORD=change-me-optuna-db
+LINEAGE_DB_PASSWORD=change-me-lineage-db
 MINIO_ROOT_USER=minio-admin
 MINIO_ROOT_PASSWORD=change-me-minio-root
 # the applications' non-root S3 key (created by deploy/minio/init.sh)

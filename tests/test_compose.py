@@ -141,7 +141,7 @@ def test_commands_exist() -> None:
         assert bucket in init
     assert "mc admin user add" in init
     pg = (REPO / "deploy" / "postgres" / "init-databases.sh").read_text()
-    for db in ("mlflow", "prefect", "optuna"):
+    for db in ("mlflow", "prefect", "optuna", "lineage"):
         assert f"create {db} " in pg
 
 

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Runs once, on the first start of the PostgreSQL container (docker-entrypoint-initdb.d): one role and one database
-# each for MLflow, Prefect and Optuna. Passwords come from the environment (.env), never from this file.
+# each for MLflow, Prefect, Optuna and the retrain lineage. Passwords come from the environment (.env), never from this file.
 set -euo pipefail
 
 create() {
@@ -17,4 +17,5 @@ SQL
 create mlflow "${MLFLOW_DB_PASSWORD:?set MLFLOW_DB_PASSWORD in .env}"
 create prefect "${PREFECT_DB_PASSWORD:?set PREFECT_DB_PASSWORD in .env}"
 create optuna "${OPTUNA_DB_PASSWORD:?set OPTUNA_DB_PASSWORD in .env}"
-echo "created databases mlflow, prefect, optuna"
+create lineage "${LINEAGE_DB_PASSWORD:?set LINEAGE_DB_PASSWORD in .env}"
+echo "created databases mlflow, prefect, optuna, lineage"
