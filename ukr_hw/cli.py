@@ -48,12 +48,16 @@ def _pipeline(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ukr_hw.inference import predict_paths
+    from ukr_hw.inference import ModelNotFoundError, predict_paths
 
     failed = 0
-    for result in predict_paths(args.images, model_uri=args.model, batch_size=args.batch_size):
-        failed += "error" in result
-        _print_json(result)
+    try:
+        for result in predict_paths(args.images, model_uri=args.model, batch_size=args.batch_size):
+            failed += "error" in result
+            _print_json(result)
+    except ModelNotFoundError as exc:
+        print(f"ukr-hw predict: {exc}", file=sys.stderr)
+        return 2
     return 1 if failed and failed == len(args.images) else 0
 
 
