@@ -36,7 +36,7 @@ class AugmentConfig:
     elastic_prob: float = 0.5
     thickness_prob: float = 0.5  #: share of samples whose stroke width changes
     dilate_max: float = 1.0  #: strongest blend towards the dilated glyph
-    erode_max: float = 0.6  #: strongest blend towards the eroded glyph
+    erode_max: float = 0.5  #: strongest blend towards the eroded glyph
     noise_std: float = 0.03
     ink_jitter: float = 0.05  #: relative log-normal jitter of the ink-box features
 

@@ -153,7 +153,8 @@ class BestWeights(L.Callback):
         self.best_epoch: int | None = None
         self._state: dict | None = None
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # not on_validation_epoch_end: callbacks run before the module's hook that logs val/score
         if trainer.sanity_checking:
             return
         value = trainer.callback_metrics.get(self.monitor)

@@ -18,9 +18,9 @@ from ukr_hw.labels import NUM_CLASSES
 
 @dataclass(frozen=True)
 class NetConfig:
-    width: int = 32  #: channels of the first block; doubled in each of the three blocks
-    hidden: int = 256  #: size of the shared embedding
-    dropout: float = 0.3
+    width: int = 16  #: channels of the first block; doubled in each of the three blocks
+    hidden: int = 128  #: size of the shared embedding
+    dropout: float = 0.2
     use_ink_features: bool = True  #: feed the ink-box geometry to the case head
 
     def to_dict(self) -> dict:

@@ -1,0 +1,71 @@
+"""The train flow: pretrain on MNIST (cached) → fine-tune → evaluate → log, register and maybe promote.
+
+Thin: each task is one call into :mod:`ukr_hw.training` / :mod:`ukr_hw.tracking`. Everything happens inside one
+MLflow run, so per-epoch fine-tune metrics, the evaluation figures and the registered model sit together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from ukr_hw import tracking, training
+from ukr_hw.data import versioning
+from ukr_hw.settings import Settings, get_settings
+
+
+@task(name="pretrain", cache_policy=NO_CACHE)
+def pretrain_task(config: dict, settings: Settings) -> tuple[Any, dict]:
+    return training.pretrain(config, settings)
+
+
+@task(name="finetune", cache_policy=NO_CACHE)
+def finetune_task(config: dict, settings: Settings, init: Any, logger: Any = None) -> tuple[Any, Any]:
+    return training.finetune(config, settings, init=init, logger=logger)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(report: Any, settings: Settings) -> dict[str, str]:
+    tracking.log_eval(report, "test")
+    return {k: str(v) for k, v in training.save_reports(report, settings).items()}
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_task(net: Any, report: Any, data_version: str | None, params: dict) -> tracking.Registration:
+    return tracking.log_model_and_register(net, report=report, data_version=data_version, params=params)
+
+
+@flow(name="train", log_prints=True)
+def train(config_path: Path = Path("configs/train.yaml"), overrides: dict | None = None) -> dict[str, Any]:
+    """Train from the YAML config (+ dotted overrides); returns version, promotion and the metrics."""
+    settings = get_settings()
+    config = training.load_config(config_path, overrides)
+    data_version = versioning.data_version(settings)
+    params = training.flat_params(config)
+    with tracking.start_run("train", data_version=data_version, tags={"flow": "train"}, settings=settings):
+        net, pre = pretrain_task(config, settings)
+        mlflow.log_metric("pretrain_mnist_test_accuracy", pre["mnist_test_accuracy"])
+        mlflow.set_tag("pretrain_cached", str(pre["cached"]))
+        net, report = finetune_task(config, settings, net, tracking.lightning_logger(settings))
+        reports = evaluate_task(report, settings)
+        reg = register_task(net, report, data_version, params)
+    print(f"test: {report.summary()}")
+    print(f"model version {reg.version}: {reg.reason}")
+    return {
+        "model_version": reg.version,
+        "run_id": reg.run_id,
+        "promoted": reg.promoted,
+        "reason": reg.reason,
+        "data_version": data_version,
+        "pretrain": {k: pre[k] for k in ("mnist_test_accuracy", "cached", "seconds") if k in pre},
+        "metrics": {k: round(float(v), 4) for k, v in report.metrics.items() if v == v},
+        "reports": reports,
+    }
+
+
+if __name__ == "__main__":
+    print(train())

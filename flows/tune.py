@@ -1,0 +1,90 @@
+"""The tune flow: an Optuna study over the fine-tune config, each trial a nested MLflow run under the study's run.
+
+Thin: the search space, the pruning callback and the best-params file live in :mod:`ukr_hw.tuning`; training is
+:func:`ukr_hw.training.finetune` from the (cached) MNIST-pretrained body. Trials are scored on the validation
+slice carved from the training data, never on the frozen test split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from ukr_hw import tracking, training, tuning
+from ukr_hw.data import versioning
+from ukr_hw.settings import Settings, get_settings
+
+
+@task(name="pretrain", cache_policy=NO_CACHE)
+def pretrain_task(config: dict, settings: Settings) -> tuple[Any, dict]:
+    return training.pretrain(config, settings)
+
+
+@task(name="optimize", cache_policy=NO_CACHE)
+def optimize_task(study: optuna.Study, objective: Any, n_trials: int) -> None:
+    study.optimize(objective, n_trials=n_trials, catch=())
+
+
+@task(name="write-best-params", cache_policy=NO_CACHE)
+def best_params_task(study: optuna.Study, path: str) -> str:
+    return str(tuning.write_best_params(study.best_params, path, study.best_value))
+
+
+@flow(name="tune", log_prints=True)
+def tune(
+    n_trials: int = 20, study_name: str = "ukr-hw-finetune", config_path: Path = Path("configs/tune.yaml")
+) -> dict[str, Any]:
+    settings = get_settings()
+    tune_cfg = tuning.load_tune_config(config_path)
+    base = tuning.trial_config(tune_cfg, {})
+    metric = tune_cfg.get("metric", "val/score")
+    study = tuning.create_study(study_name, settings.resolved_optuna_storage(), tune_cfg)
+    data_version = versioning.data_version(settings)
+    with tracking.start_run(f"tune-{study_name}", data_version=data_version, tags={"flow": "tune"}, settings=settings):
+        init, _ = pretrain_task(base, settings)
+
+        def objective(trial: optuna.Trial) -> float:
+            params = tuning.suggest(trial, tune_cfg["space"])
+            config = tuning.load_config_from(base, params)
+            tags = {"optuna_study": study_name, "optuna_trial": trial.number}
+            with tracking.start_run(f"trial-{trial.number}", nested=True, tags=tags, settings=settings):
+                mlflow.log_params(params)
+                try:
+                    _, report = training.finetune(
+                        config,
+                        settings,
+                        init=init,
+                        callbacks=[tuning.OptunaPruning(trial, metric)],
+                        logger=tracking.lightning_logger(settings),
+                    )
+                except optuna.TrialPruned:
+                    mlflow.set_tag("optuna_state", "PRUNED")
+                    raise
+                mlflow.set_tag("optuna_state", "COMPLETE")
+                mlflow.log_metrics({"val_score": report.metrics["val_score"]})
+                return float(report.metrics["val_score"])
+
+        optimize_task(study, objective, n_trials)
+        states = [t.state.name for t in study.trials]
+        summary: dict[str, Any] = {
+            "study": study_name,
+            "trials": len(states),
+            "complete": states.count("COMPLETE"),
+            "pruned": states.count("PRUNED"),
+        }
+        if summary["complete"]:
+            summary["best_value"] = study.best_value
+            summary["best_params"] = study.best_params
+            summary["best_params_path"] = best_params_task(study, tune_cfg["best_params_path"])
+            mlflow.log_metric("best_val_score", study.best_value)
+    print(f"study {study_name}: {summary}")
+    return summary
+
+
+if __name__ == "__main__":
+    print(tune())

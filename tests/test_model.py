@@ -1,0 +1,206 @@
+"""The model side: network contract, loss masking, augmentation, data modules, evaluation, config, pretrain cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.tiny_data import make_samples, write_tiny_processed
+from ukr_hw.data.arrays import Samples
+from ukr_hw.labels import NUM_CLASSES, index_of
+from ukr_hw.model.augment import AugmentConfig, augment_batch, change_thickness
+from ukr_hw.model.datamodule import GlyphDataModule, balanced_weights, stratified_split
+from ukr_hw.model.evaluate import evaluate, write_reports
+from ukr_hw.model.lit import LitUkrHw, masked_case_loss, to_input
+from ukr_hw.model.network import build_network
+from ukr_hw.settings import get_settings
+from ukr_hw.training import ConfigError, load_config, pretrain
+
+torch.set_num_threads(2)
+
+
+def test_forward_contract_shapes():
+    net = build_network({"width": 8, "hidden": 32}).eval()
+    sym, case = net(torch.rand(5, 1, 28, 28), torch.rand(5, 2))
+    assert sym.shape == (5, NUM_CLASSES) and case.shape == (5,)
+
+
+def test_masked_case_loss_ignores_digits():
+    logits = torch.tensor([5.0, -5.0, 100.0, -100.0], requires_grad=True)
+    case = torch.tensor([1, 0, -1, -1])  # two letters (correct, confident), two digits with wild logits
+    loss = masked_case_loss(logits, case)
+    assert loss.item() < 0.01  # the digits' logits are not penalised
+    loss.backward()
+    assert logits.grad[2].item() == 0 and logits.grad[3].item() == 0
+    # only digits: exactly zero, still differentiable
+    only_digits = masked_case_loss(torch.tensor([3.0, -2.0], requires_grad=True), torch.tensor([-1, -1]))
+    assert only_digits.item() == 0.0
+    only_digits.backward()
+    # a wrong letter is penalised
+    assert masked_case_loss(torch.tensor([-5.0]), torch.tensor([1])).item() > 4
+
+
+def test_overfit_one_batch():
+    """The model + loss can drive one batch's loss to ~0: guards against broken wiring (heads, masking, optim)."""
+    torch.manual_seed(0)
+    s = make_samples(1, seed=7)  # 43 samples, one per class, letters with both cases
+    lit = LitUkrHw(
+        build_network({"width": 8, "hidden": 64, "dropout": 0.0}), optim={"label_smoothing": 0.0}, augment=None
+    )
+    x, ink = to_input(torch.from_numpy(s.x)), torch.from_numpy(s.ink)
+    y, case = torch.from_numpy(s.y), torch.from_numpy(s.case.astype(np.int64))
+    opt = torch.optim.Adam(lit.parameters(), lr=3e-3)
+    lit.train()
+    for _ in range(100):
+        sym, c = lit(x, ink)
+        loss, _, _ = lit._losses(sym, c, y, case)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    lit.eval()
+    with torch.no_grad():
+        sym, c = lit(x, ink)
+    assert (sym.argmax(1) == y).all()
+    letters = case >= 0
+    assert ((c[letters] > 0).long() == case[letters]).all()
+
+
+def test_augment_keeps_shape_range_and_changes_pixels():
+    torch.manual_seed(0)
+    s = make_samples(2, seed=3)
+    x, ink = to_input(torch.from_numpy(s.x)), torch.from_numpy(s.ink)
+    cfg = AugmentConfig(elastic_prob=1.0, thickness_prob=1.0)
+    out, ink_out = augment_batch(x, ink, cfg)
+    assert out.shape == x.shape and out.dtype == x.dtype and ink_out.shape == ink.shape
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert (out - x).abs().mean() > 0.01  # pixels changed
+    assert not torch.equal(ink_out, ink) and (ink_out - ink).abs().max() < 0.25  # jittered a little, not scrambled
+    # glyphs keep most of their ink (no erasing, no flips out of the frame)
+    kept = out.sum((1, 2, 3)) / x.sum((1, 2, 3))
+    assert float(kept.min()) > 0.3
+    # disabled → identity
+    same, same_ink = augment_batch(x, ink, AugmentConfig.off())
+    assert torch.equal(same, x) and torch.equal(same_ink, ink)
+
+
+def test_augment_identity_parameters_preserve_image():
+    s = make_samples(1, seed=4, classes=range(5))
+    x, ink = to_input(torch.from_numpy(s.x)), torch.from_numpy(s.ink)
+    cfg = AugmentConfig(
+        rotation_deg=0, shift=0, scale_min=1, scale_max=1, shear_deg=0, elastic_alpha=0, thickness_prob=0,
+        noise_std=0, ink_jitter=0,
+    )  # fmt: skip
+    out, ink_out = augment_batch(x, ink, cfg)
+    assert torch.allclose(out, x, atol=1e-5) and torch.allclose(ink_out, ink)
+
+
+def test_thickness_dilates_and_erodes():
+    x = torch.zeros(2, 1, 28, 28)
+    x[:, :, 10:18, 13:16] = 1.0
+    bold = change_thickness(x, AugmentConfig(thickness_prob=1.0, dilate_max=1.0, erode_max=0.0))
+    assert float(bold.sum()) >= float(x.sum())
+    thin = change_thickness(x, AugmentConfig(thickness_prob=1.0, dilate_max=0.0, erode_max=1.0))
+    assert float(thin.sum()) <= float(x.sum())
+
+
+def test_augment_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="unknown augment keys"):
+        AugmentConfig.from_dict({"flip": True})
+
+
+def test_stratified_split_and_balanced_weights():
+    s = make_samples(6, seed=1)
+    train, val = stratified_split(s, 0.2, seed=0)
+    assert len(train) + len(val) == len(s)
+    assert not set(train.id) & set(val.id)
+    assert set(np.unique(val.y)) == set(range(NUM_CLASSES))  # every class represented
+    _again_train, again_val = stratified_split(s, 0.2, seed=0)
+    assert list(again_val.id) == list(val.id)  # seeded
+    y = np.array([0] * 90 + [1] * 10)
+    w = balanced_weights(y, 1.0).numpy()
+    assert np.isclose(w[y == 0].sum(), w[y == 1].sum())
+
+
+def test_glyph_datamodule_never_uses_frozen_test(tmp_path):
+    processed = write_tiny_processed(tmp_path / "processed")
+    dm = GlyphDataModule.from_dir(processed, val_fraction=0.2, seed=0, batch_size=16, balance_power=1.0)
+    test_ids = set(np.load(processed / "finetune_test.npz")["id"])
+    assert not test_ids & set(dm.train_samples.id) and not test_ids & set(dm.val_samples.id)
+    assert "font" in set(dm.train_samples.source) and "font" not in set(dm.val_samples.source)
+    x, ink, _y, case = next(iter(dm.train_dataloader()))
+    assert x.shape == (16, 28, 28) and x.dtype == torch.uint8 and ink.shape == (16, 2) and case.dtype == torch.int64
+
+
+def test_evaluate_metrics_and_figures(tmp_path):
+    s = make_samples(2, seed=5)
+    net = build_network({"width": 8, "hidden": 32})
+    report = evaluate(net, s)
+    m = report.metrics
+    assert 0 <= m["symbol_accuracy"] <= 1 and 0 <= m["case_accuracy"] <= 1
+    assert m["n"] == len(s) and m["n_letters"] == (s.case >= 0).sum()
+    for key in ("pair_г_ґ_accuracy", "pair_о_0_accuracy", "letters_as_digits"):
+        assert key in m
+    assert len(report.per_class) == NUM_CLASSES and report.confusion.sum() == len(s)
+    assert report.case_confusion.sum() == (s.case >= 0).sum()
+    figs = report.figures()
+    assert set(figs) == {"confusion_symbol", "confusion_case", "misclassified"}
+    paths = write_reports(report, tmp_path / "reports")
+    assert json.loads(paths["metrics"].read_text())["n"] == len(s)
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(net, Samples.empty())
+
+
+def test_evaluate_counts_exact_predictions():
+    """A network that always answers 'о' lowercase: accuracy equals the share of 'о' samples, case the share of
+    lowercase letters."""
+    s = make_samples(2, seed=6)
+    target = index_of("о")
+
+    class Const(torch.nn.Module):
+        def forward(self, x, ink):
+            logits = torch.full((len(x), NUM_CLASSES), -10.0)
+            logits[:, target] = 10.0
+            return logits, torch.full((len(x),), -10.0)
+
+    m = evaluate(Const(), s).metrics
+    assert m["symbol_accuracy"] == pytest.approx(np.mean(s.y == target))
+    assert m["case_accuracy"] == pytest.approx(np.mean(s.case[s.case >= 0] == 0))
+    assert m["letters_as_digits"] == 0.0
+
+
+def test_config_merge_and_overrides(tmp_path):
+    (tmp_path / "best.yaml").write_text("finetune:\n  lr: 0.0123\n")
+    (tmp_path / "train.yaml").write_text("merge: [best.yaml, missing.yaml]\nfinetune:\n  lr: 0.5\n  epochs: 7\n")
+    cfg = load_config(tmp_path / "train.yaml", {"finetune.epochs": "3", "augment.rotation_deg": "5"})
+    assert cfg["finetune"]["lr"] == 0.0123 and cfg["finetune"]["epochs"] == 3 and cfg["augment"]["rotation_deg"] == 5
+    with pytest.raises(ConfigError, match=r"unknown config key 'finetune\.lrr'"):
+        load_config(None, {"finetune.lrr": "1"})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_pretrain_cache_hit_skips_training(tmp_path, monkeypatch):
+    write_tiny_processed(tmp_path / "data" / "processed", mnist_per_class=8)
+    settings = get_settings(root=tmp_path)
+    cfg = load_config(None, {"pretrain.epochs": 1, "net.width": 4, "net.hidden": 16, "trainer.progress": False})
+    net, m = pretrain(cfg, settings)
+    assert m["cached"] is False and (tmp_path / "data" / "cache" / f"pretrain-{m['cache_key']}.pt").exists()
+
+    import lightning
+
+    def boom(*a, **k):
+        raise AssertionError("cache hit must not train")
+
+    monkeypatch.setattr(lightning.Trainer, "fit", boom)
+    net2, m2 = pretrain(cfg, settings)
+    assert m2["cached"] is True and m2["mnist_test_accuracy"] == m["mnist_test_accuracy"]
+    for a, b in zip(net.state_dict().values(), net2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # a changed config is a cache miss (and trains)
+    cfg2 = load_config(None, {"pretrain.epochs": 1, "pretrain.lr": 0.001, "net.width": 4, "net.hidden": 16})
+    with pytest.raises(AssertionError, match="must not train"):
+        pretrain(cfg2, settings)

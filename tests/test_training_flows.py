@@ -1,0 +1,65 @@
+"""The train flow end to end on tiny data: a real Prefect flow, a real MLflow (SQLite) run, registration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_data import write_tiny_processed
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch) -> Path:
+    write_tiny_processed(tmp_path / "data" / "processed", n_per_class=6, mnist_per_class=20)
+    monkeypatch.setenv("UKR_HW_ROOT", str(tmp_path))
+    monkeypatch.setenv("UKR_HW_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("UKR_HW_MLFLOW_ARTIFACT_ROOT", str(tmp_path / "mlartifacts"))
+    monkeypatch.setenv("UKR_HW_OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
+    return tmp_path
+
+
+def test_train_flow_logs_run_registers_and_caches_pretrain(tiny_project):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from flows.train import train
+
+    first = train(config_path=TINY, overrides={"finetune.epochs": "2"})
+    assert first["model_version"] == "1" and first["promoted"] is True
+    assert first["pretrain"]["cached"] is False
+    assert 0.0 <= first["metrics"]["symbol_accuracy"] <= 1.0 and "case_accuracy" in first["metrics"]
+
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
+    client = MlflowClient()
+    run = client.get_run(first["run_id"])
+    assert run.data.params["finetune.epochs"] == "2" and run.data.params["net.width"] == "4"
+    assert "test_symbol_accuracy" in run.data.metrics and "pretrain_mnist_test_accuracy" in run.data.metrics
+    assert "val/score" in run.data.metrics  # per-epoch fine-tune metrics from the Lightning logger
+    artifacts = {a.path for a in client.list_artifacts(first["run_id"], "eval/test")}
+    assert {"eval/test/confusion_symbol.png", "eval/test/misclassified.png"} <= artifacts
+    assert client.get_model_version_by_alias("ukr-hw", "champion").version == "1"
+
+    reports = tiny_project / "data" / "reports"
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert metrics["symbol_accuracy"] == pytest.approx(first["metrics"]["symbol_accuracy"], abs=1e-4)
+    assert (reports / "per_class.csv").exists() and (reports / "confusion.csv").exists()
+
+    second = train(config_path=TINY, overrides={"finetune.epochs": "2"})
+    assert second["pretrain"]["cached"] is True  # same MNIST + pretrain config: no retraining
+    assert second["model_version"] == "2"
+    # same seed, same data, same config: same result, so the promotion rule (>=) promotes it
+    assert second["metrics"]["symbol_accuracy"] == pytest.approx(first["metrics"]["symbol_accuracy"])
+    assert second["promoted"] is True
+
+
+def test_train_flow_rejects_bad_override(tiny_project):
+    from flows.train import train
+    from ukr_hw.training import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown config key"):
+        train(config_path=TINY, overrides={"finetune.epochz": "2"})

@@ -1,0 +1,62 @@
+"""Optuna tuning on tiny data: trials are nested MLflow runs, a bad trial is pruned, best params are written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import yaml
+
+from tests.test_training_flows import tiny_project  # noqa: F401  (fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_tune_nested_runs_pruning_and_best_params(tiny_project, tmp_path):  # noqa: F811
+    import mlflow
+    from mlflow import MlflowClient
+
+    from flows.tune import tune
+    from ukr_hw.tuning import create_study, load_tune_config
+
+    cfg_path = tiny_project / "tune.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(REPO / "configs" / "tiny.yaml"),
+                "overrides": {"finetune.epochs": 4, "finetune.epoch_size": 512, "finetune.patience": 0},
+                "metric": "val/score",
+                "sampler": {"seed": 0},
+                # one finished trial is enough to compare against; prune from the first epoch on
+                "pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+                "best_params_path": "best.yaml",
+                "space": {"finetune.lr": {"type": "float", "low": 1e-7, "high": 0.05, "log": True}},
+            }
+        )
+    )
+    storage = f"sqlite:///{tiny_project / 'optuna.db'}"
+    # deterministic trials: a good learning rate, a hopeless one (must be pruned), a good one again
+    study = create_study("tiny-study", storage, load_tune_config(cfg_path))
+    for lr in (0.03, 1e-7, 0.02):
+        study.enqueue_trial({"finetune.lr": lr})
+
+    summary = tune(n_trials=3, study_name="tiny-study", config_path=cfg_path)
+    assert summary["trials"] == 3 and summary["pruned"] >= 1 and summary["complete"] >= 1
+
+    loaded = optuna.load_study(study_name="tiny-study", storage=storage)
+    states = {t.params["finetune.lr"]: t.state for t in loaded.trials}
+    assert states[1e-7] == optuna.trial.TrialState.PRUNED
+
+    best = yaml.safe_load((tiny_project / "best.yaml").read_text())
+    assert best["finetune"]["lr"] == loaded.best_params["finetune.lr"]
+
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("ukr-hw")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.info.run_name == "tune-tiny-study"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 3
+    assert sorted(r.data.tags["optuna_state"] for r in children).count("PRUNED") >= 1
+    assert all("finetune.lr" in r.data.params for r in children)
