@@ -22,9 +22,10 @@ from ukr_hw.settings import Settings, get_settings
 
 
 def _table_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Cache key for the table check: the CSV bytes, the glyph file listing and the checking code."""
-    folder = Path(parameters["rukopys_dir"])
-    h = hashlib.sha256((folder / "glyphs.csv").read_bytes())
+    """Cache key for the table check: the folder (results hold its paths), CSV bytes, file listing, checking code."""
+    folder = Path(parameters["rukopys_dir"]).resolve()
+    h = hashlib.sha256(str(folder).encode())
+    h.update((folder / "glyphs.csv").read_bytes())
     glyphs = folder / "glyphs"
     for p in sorted(glyphs.iterdir()) if glyphs.is_dir() else []:
         h.update(p.name.encode())
