@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -96,3 +97,21 @@ def test_append_to_train_never_touches_test(prepared_data):
         from ukr_hw.data.arrays import save_samples
 
         save_samples(train, d / "finetune_train.npz")  # leave the shared fixture as it was
+
+
+def test_eda_notebook_runs_on_prepared_data(prepared_data):
+    import nbformat
+    from nbclient import NotebookClient
+
+    from tests.fixtures.data import temp_env
+
+    repo = Path(__file__).resolve().parents[1]
+    nb = nbformat.read(repo / "notebooks" / "eda.ipynb", as_version=4)
+    with temp_env(**prepared_data.env):
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(repo)}}).execute()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert f"data version: {prepared_data.summary['data_version']}" in text
+    assert "letters without any uppercase sample:" in text
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 5  # balance, case, grids, ink-size plots
