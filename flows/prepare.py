@@ -93,12 +93,13 @@ def prepare(mnist_per_class: int | None = None, push: bool = True) -> dict[str, 
     fonts = font_glyphs.submit(settings)
     ruk = glyph_prep.submit(clean_rukopys.submit(ruk_dir), settings)
     digits = mnist_prep.submit(mnist_dir, settings)
-    sizes = merge_split.submit(ruk, digits, settings).result()
+    # .result() re-raises a failed branch's own error (a clear message), not a vague "upstream not ready"
+    ruk_info, mnist_info = ruk.result(), digits.result()
+    sizes = merge_split(ruk_info, mnist_info, settings)
     preview(settings)
     n_synthetic = fonts.result()
     version = dvc_version(settings, push)
     manifest(settings, version)
-    mnist_info = digits.result()
     return {
         "train": sizes["train"],
         "test": sizes["test"],
