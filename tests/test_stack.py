@@ -106,3 +106,90 @@ def test_mlflow_server_logs_artifacts_to_s3(mlflow_server: str, s3_server: stack
         for o in s3.list_objects_v2(Bucket=b["Name"]).get("Contents", [])
     ]
     assert any(k.endswith(f"{run.info.run_id}/artifacts/hello.txt") for k in keys), keys
+
+
+# --- `ukr-hw stack` ------------------------------------------------------------------------------------------------
+
+
+def _cli(env: dict[str, str], *args: str, timeout: float = 240):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "ukr-hw")
+    return subprocess.run(
+        [exe, "stack", *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_expand_adds_what_services_need() -> None:
+    assert stack.expand(["mlflow"]) == ["s3", "mlflow"]
+    assert stack.expand(["ui"]) == ["s3", "mlflow", "api", "ui"]
+    assert stack.expand([]) == list(stack.SERVICES)
+    with pytest.raises(stack.StackError, match=r"unknown service.*choose from"):
+        stack.expand(["redis"])
+
+
+def test_stack_cli_up_status_down(tmp_path) -> None:
+    import json
+
+    import boto3
+
+    env = {"UKR_HW_STACK_DIR": str(tmp_path / "stack"), "UKR_HW_S3_PORT": str(stack.free_port())}
+    up = _cli(env, "up", "s3")
+    assert up.returncode == 0, up.stderr
+    assert "s3       up" in up.stdout and "UKR_HW_S3_ENDPOINT_URL=http://127.0.0.1:" in up.stdout
+    state = json.loads((tmp_path / "stack" / "state.json").read_text())
+    pid = state["s3"]["pid"]
+    env_file = tmp_path / "stack" / "env"
+    assert env_file.stat().st_mode & 0o077 == 0, "the env file holds secrets: owner-only"
+    assert f"UKR_HW_S3_ENDPOINT_URL=http://127.0.0.1:{env['UKR_HW_S3_PORT']}" in env_file.read_text()
+    try:
+        creds = json.loads((tmp_path / "stack" / "credentials.json").read_text())
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{env['UKR_HW_S3_PORT']}",
+            aws_access_key_id=creds["access_key"],
+            aws_secret_access_key=creds["secret_key"],
+            region_name="us-east-1",
+        )
+        assert {b["Name"] for b in s3.list_buckets()["Buckets"]} >= {"mlflow", "feedback", "dvc"}
+
+        again = _cli(env, "up", "s3")
+        assert again.returncode == 0 and "already running" in again.stdout
+
+        status = _cli(env, "status", "s3")
+        assert status.returncode == 0 and status.stdout.split()[:2] == ["s3", "up"]
+        everything = _cli(env, "status")
+        assert everything.returncode == 3  # the other services are down
+        assert "mlflow   down" in everything.stdout
+    finally:
+        down = _cli(env, "down")
+    assert down.returncode == 0 and f"s3       stopped (pid {pid})" in down.stdout
+    assert not stack._same_process(pid, None)
+    status = _cli(env, "status", "s3")
+    assert status.returncode == 3 and status.stdout.split()[:2] == ["s3", "down"]
+    assert "nothing to stop" in _cli(env, "down").stdout
+
+
+def test_stack_cli_port_taken(tmp_path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        env = {"UKR_HW_STACK_DIR": str(tmp_path / "stack"), "UKR_HW_S3_PORT": str(port)}
+        up = _cli(env, "up", "s3")
+    assert up.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in up.stderr and "UKR_HW_S3_PORT" in up.stderr
+    assert "ukr-hw stack down" in up.stderr
+
+
+def test_stack_cli_postgres_missing(tmp_path) -> None:
+    env = {
+        "UKR_HW_STACK_DIR": str(tmp_path / "stack"),
+        "UKR_HW_PREFECT_PORT": str(stack.free_port()),
+        "UKR_HW_POSTGRES_URL": f"postgresql://postgres@127.0.0.1:{stack.free_port()}/postgres",
+    }
+    up = _cli(env, "up", "prefect")
+    assert up.returncode == 1 and "PostgreSQL not reachable" in up.stderr
