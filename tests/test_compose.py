@@ -154,7 +154,7 @@ def test_shell_scripts_parse() -> None:
 def test_prefect_yaml_deployments() -> None:
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deps = {d["entrypoint"].split(":")[1] + "/" + d["name"]: d for d in spec["deployments"]}
-    assert set(deps) >= {"prepare/default", "pipeline/default", "tune/default", "retrain/weekly"}
+    assert set(deps) >= {"prepare/default", "train/default", "pipeline/default", "tune/default", "retrain/weekly"}
     weekly = deps["retrain/weekly"]
     assert weekly["schedules"][0]["cron"] == "0 3 * * 1"
     assert weekly["schedules"][0]["timezone"] == "Europe/Kyiv"
