@@ -133,6 +133,7 @@ def render_fonts(settings: Settings) -> int:
         preprocess_module,
         settings.seed,
         {k: v for k, v in settings.model_dump(mode="json").items() if k.startswith("font")},
+        _font_files(settings),
     )
     if stamps.is_fresh(cache_dir(settings), "fonts", key, [out]):
         return int(stamps.read_stamp(cache_dir(settings), "fonts")["n"])
@@ -148,6 +149,16 @@ def render_fonts(settings: Settings) -> int:
     save_samples(samples, out)
     stamps.write_stamp(cache_dir(settings), "fonts", key, n=len(samples))
     return len(samples)
+
+
+def _font_files(settings: Settings) -> list[tuple[str, int]]:
+    """The installed font files (path, size): installing or removing a font re-renders."""
+    found = []
+    for d in settings.font_dirs:
+        for p in Path(d).rglob("*") if Path(d).is_dir() else []:
+            if p.suffix.lower() in {".ttf", ".otf", ".ttc", ".pfb", ".t1"} and p.is_file():
+                found.append((str(p), p.stat().st_size))
+    return sorted(found)
 
 
 def merge_and_split(rukopys_info: dict[str, Any], mnist_info: dict[str, Any], settings: Settings) -> dict[str, int]:
