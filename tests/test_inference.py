@@ -1,0 +1,113 @@
+"""Inference: the result shape, loading by alias, `ukr-hw predict` on real files, bad files, no champion."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ukr_hw.inference import ModelNotFoundError, Predictor, format_result, predict_paths
+from ukr_hw.labels import SYMBOLS, index_of
+from ukr_hw.preprocess import preprocess
+
+KEYS = ["label", "is_uppercase", "case_probability", "top", "model_version"]
+
+
+def _rukopys_files(mirror: Path, n: int) -> list[tuple[Path, str, bool]]:
+    with open(mirror / "rukopys" / "glyphs.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    picked = rows[:: max(1, len(rows) // n)][:n]
+    return [(mirror / "rukopys" / r["filename"], r["label"].lower(), r["is_uppercase"] == "True") for r in picked]
+
+
+def test_format_result_shape_for_letters_and_digits(champion_model):
+    p = Predictor.from_uri()
+    test = champion_model.test
+    probs, case = p.predict_arrays(test.x, test.ink)
+    assert probs.shape == (len(test), 43) and case.shape == (len(test),)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    seen_digit = seen_letter = False
+    for i in range(len(test)):
+        r = format_result(probs[i], float(case[i]), p.model_version)
+        assert list(r) == KEYS
+        assert r["label"] == SYMBOLS[int(probs[i].argmax())] == r["top"][0]["label"]
+        assert len(r["top"]) == 5 and all(isinstance(t["probability"], float) for t in r["top"])
+        assert [t["probability"] for t in r["top"]] == sorted((t["probability"] for t in r["top"]), reverse=True)
+        assert r["model_version"] == champion_model.version
+        if r["label"].isdigit():
+            seen_digit = True
+            assert r["is_uppercase"] is None and r["case_probability"] is None
+        else:
+            seen_letter = True
+            assert r["is_uppercase"] is bool(case[i] >= 0.5)
+            assert r["case_probability"] == pytest.approx(float(case[i]), abs=1e-5)
+        json.dumps(r)  # plain Python types only
+    assert seen_digit and seen_letter
+
+
+def test_predict_arrays_accepts_uint8_and_float_alike(champion_model):
+    p = Predictor.from_uri(champion_model.model_uri)
+    t = champion_model.test.subset(slice(0, 50))
+    a = p.predict_arrays(t.x, t.ink)
+    b = p.predict_arrays(t.x.astype(np.float32) / 255.0, t.ink)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+    with pytest.raises(ValueError, match="ink rows"):
+        p.predict_arrays(t.x, t.ink[:3])
+
+
+def test_predict_paths_in_order_with_a_bad_file_and_a_pool(champion_model, mirror, tmp_path):
+    files = _rukopys_files(mirror, 24)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    paths = [str(f) for f, _, _ in files[:10]] + [str(broken)] + [str(f) for f, _, _ in files[10:]]
+    serial = list(predict_paths(paths, workers=0, batch_size=7))
+    pooled = list(predict_paths(paths, workers=2, batch_size=7))
+    assert [r["path"] for r in serial] == paths == [r["path"] for r in pooled]
+    assert serial == pooled
+    bad = serial[10]
+    assert list(bad) == ["path", "error"] and "not a readable image" in bad["error"]
+    good = [r for r in serial if "error" not in r]
+    assert len(good) == len(files) and all(list(r) == ["path", *KEYS] for r in good)
+    # the same answers as preprocessing by hand and predicting glyphs
+    p = Predictor.from_uri()
+    by_hand = p.predict_glyphs([preprocess(f) for f, _, _ in files])
+    assert [{k: v for k, v in r.items() if k != "path"} for r in good] == by_hand
+    # a trained model, not noise: most of these training-distribution scans are named right
+    right = sum(r["label"] == label for r, (_, label, _) in zip(good, files, strict=True))
+    assert right >= len(files) // 2
+
+
+def test_cli_predict_loads_by_alias_and_reports_bad_files(champion_model, mirror, tmp_path):
+    files = _rukopys_files(mirror, 4)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"")
+    args = [str(f) for f, _, _ in files[:2]] + [str(broken)] + [str(f) for f, _, _ in files[2:]]
+    exe = shutil.which("ukr-hw", path=str(Path(sys.executable).parent)) or "ukr-hw"
+    proc = subprocess.run([exe, "predict", *args], capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["path"] for r in lines] == args
+    assert "empty" in lines[2]["error"]
+    for r in lines[:2] + lines[3:]:
+        assert r["model_version"] == champion_model.version
+        assert index_of(r["label"]) >= 0 and len(r["top"]) == 5
+
+
+def test_no_champion_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("UKR_HW_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(ModelNotFoundError, match=r"no model registered as ukr-hw@champion in .*run `ukr-hw train`"):
+        Predictor.from_uri()
+    exe = shutil.which("ukr-hw", path=str(Path(sys.executable).parent)) or "ukr-hw"
+    png = tmp_path / "x.png"
+    png.write_bytes(b"x")
+    proc = subprocess.run(
+        [exe, "predict", str(png)], capture_output=True, text=True, timeout=120, env=os.environ.copy()
+    )
+    assert proc.returncode == 2 and "run `ukr-hw train` first" in proc.stderr and not proc.stdout

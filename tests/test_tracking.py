@@ -1,0 +1,136 @@
+"""MLflow tracking and the registry: what a run holds, the promotion rule, loading the logged model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from tests.fixtures.models import EPOCHS, NET
+from ukr_hw import tracking
+from ukr_hw.inference import Predictor
+
+
+@pytest.fixture()
+def client(champion_model) -> MlflowClient:
+    return MlflowClient(tracking_uri=champion_model.tracking_uri, registry_uri=champion_model.tracking_uri)
+
+
+def test_run_holds_params_metrics_tags_figures_table_and_model(champion_model, client):
+    run = client.get_run(champion_model.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["data_version"] == champion_model.data_version
+    assert run.data.params["epochs"] == str(EPOCHS) and run.data.params["width"] == str(NET["width"])
+    assert run.data.tags["data_version"] == champion_model.data_version
+    assert len(run.data.tags["git_commit"].split("+")[0]) == 40
+    # per-epoch metrics came through the Lightning logger into this same run
+    history = client.get_metric_history(champion_model.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(EPOCHS))
+    assert history[-1].value < history[0].value
+    # the frozen-test evaluation
+    assert 0.3 < run.data.metrics["test_symbol_accuracy"] <= 1.0
+    assert 0.0 <= run.data.metrics["test_case_accuracy"] <= 1.0
+    files = {f.path for f in client.list_artifacts(champion_model.run_id, "eval/test")}
+    for name in ("confusion_symbol.png", "confusion_case.png", "misclassified.png", "per_class.json"):
+        assert f"eval/test/{name}" in files
+    png = client.download_artifacts(champion_model.run_id, "eval/test/confusion_symbol.png")
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = json.loads(Path(client.download_artifacts(champion_model.run_id, "eval/test/per_class.json")).read_text())
+    assert "accuracy" in table["columns"] and len(table["data"]) >= 40
+    # the model: signature with named tensors, an input example, registered and tagged with its numbers
+    info = mlflow.models.get_model_info(f"models:/{champion_model.model_name}/{champion_model.versions[0]}")
+    inputs = {s.name: s.shape for s in info.signature.inputs.inputs}
+    outputs = {s.name: s.shape for s in info.signature.outputs.inputs}
+    assert inputs == {"image": (-1, 28, 28), "ink": (-1, 2)}
+    assert outputs == {"symbol_probs": (-1, 43), "case_prob": (-1,)}
+    assert info.saved_input_example_info is not None
+    mv = client.get_model_version(champion_model.model_name, champion_model.versions[0])
+    assert mv.run_id == champion_model.run_id
+    assert mv.tags["promotion"].startswith("promoted: first model")
+    assert float(mv.tags["test_symbol_accuracy"]) == pytest.approx(run.data.metrics["test_symbol_accuracy"])
+
+
+def test_pyfunc_load_gives_the_predictors_probabilities(champion_model):
+    model = mlflow.pyfunc.load_model(f"models:/{champion_model.model_name}/{champion_model.versions[0]}")
+    test = champion_model.test.subset(slice(0, 64))
+    x, ink = test.x.astype(np.float32) / 255.0, test.ink
+    out = model.predict({"image": x, "ink": ink})
+    predictor = Predictor.from_uri(f"models:/{champion_model.model_name}/{champion_model.versions[0]}")
+    probs, case = predictor.predict_arrays(x, ink)
+    np.testing.assert_allclose(out["symbol_probs"], probs, atol=1e-6)
+    np.testing.assert_allclose(out["case_prob"], case, atol=1e-6)
+    inner = model.unwrap_python_model().predictor  # what the BentoML service calls directly
+    np.testing.assert_allclose(inner.predict_arrays(x, ink)[0], probs, atol=1e-6)
+    # and it really is the trained champion: its accuracy matches the run's test metric
+    full = Predictor.from_uri(champion_model.model_uri)
+    acc = float(
+        (
+            full.predict_arrays(champion_model.test.x, champion_model.test.ink)[0].argmax(1) == champion_model.test.y
+        ).mean()
+    )
+    run = MlflowClient(champion_model.tracking_uri).get_run(champion_model.run_id)
+    assert acc == pytest.approx(run.data.metrics["test_symbol_accuracy"], abs=1e-9)
+
+
+def test_worse_model_is_registered_not_promoted_and_better_one_is(champion_model, client):
+    from ukr_hw.model.evaluate import evaluate
+    from ukr_hw.model.network import build_network
+
+    before = tracking.champion_version()
+    assert before == champion_model.version
+    champ_metrics = tracking.get_version_metrics(before)
+    worse = build_network(NET).eval()  # untrained: its real test accuracy is near chance
+    report = evaluate(worse, champion_model.test)
+    assert report.metrics["symbol_accuracy"] < champ_metrics["symbol_accuracy"]
+    with tracking.start_run("worse", data_version=champion_model.data_version):
+        reg = tracking.log_model_and_register(worse, report=report, data_version="dv-worse", params={"untrained": 1})
+    assert not reg.promoted
+    assert tracking.champion_version() == before
+    tag = client.get_model_version(champion_model.model_name, reg.version).tags["promotion"]
+    assert tag.startswith("rejected: symbol_accuracy ") and f"{champ_metrics['symbol_accuracy']:.4f}" in tag
+    assert tracking.get_version_metrics(reg.version)["symbol_accuracy"] == pytest.approx(
+        report.metrics["symbol_accuracy"]
+    )
+    # the champion's own weights trained one epoch more, judged by the rule (not forced)
+    new = champion_model.register_another(epochs=1, promote=None)
+    new_metrics = tracking.get_version_metrics(new)
+    should = (
+        new_metrics["symbol_accuracy"] >= champ_metrics["symbol_accuracy"]
+        and new_metrics["case_accuracy"]
+        >= champ_metrics["case_accuracy"] - tracking.get_settings().promotion_case_tolerance
+    )
+    assert (tracking.champion_version() == new) == should
+    tag = client.get_model_version(champion_model.model_name, new).tags["promotion"]
+    assert tag.startswith("promoted: " if should else "rejected: ")
+    # a copy of the champion is never worse: promoted
+    same = champion_model.register_another(epochs=0, promote=None)
+    assert tracking.champion_version() == same == champion_model.version
+    assert Predictor.from_uri().model_version == same
+
+
+@pytest.mark.parametrize(
+    ("new", "champ", "promote", "words"),
+    [
+        ({"symbol_accuracy": 0.9, "case_accuracy": 0.8}, None, True, "first model"),
+        ({"symbol_accuracy": 0.9, "case_accuracy": 0.795}, {"symbol_accuracy": 0.9, "case_accuracy": 0.8}, True, ">="),
+        (
+            {"symbol_accuracy": 0.95, "case_accuracy": 0.7},
+            {"symbol_accuracy": 0.9, "case_accuracy": 0.8},
+            False,
+            "case_accuracy 0.7000 < champion 0.8000",
+        ),
+        (
+            {"symbol_accuracy": 0.89, "case_accuracy": 0.9},
+            {"symbol_accuracy": 0.9, "case_accuracy": 0.8},
+            False,
+            "symbol_accuracy 0.8900 < champion 0.9000",
+        ),
+    ],
+)
+def test_promotion_rule(new, champ, promote, words):
+    ok, why = tracking.decide_promotion(new, champ, tolerance=0.01)
+    assert ok is promote and words in why
