@@ -44,6 +44,24 @@ CSS = """
 #ukr-canvas { touch-action: none; }
 """
 
+#: Start with the brush selected (Gradio's editor otherwise waits for a click on its draw tool); re-run after the
+#: canvas is cleared. Clicking only when the brush is not active yet avoids opening its options pop-up.
+SELECT_BRUSH_JS = """
+() => {
+  let tries = 0;
+  const timer = setInterval(() => {
+    const brush = document.querySelector('#ukr-canvas button[aria-label="Brush"]');
+    tries += 1;
+    if (brush) {
+      if (!brush.classList.contains('highlight')) brush.click();
+      clearInterval(timer);
+    } else if (tries > 100) {
+      clearInterval(timer);
+    }
+  }, 150);
+}
+"""
+
 HEAD_TEXT = (
     "# ✍️ Рукопис — Ukrainian handwriting\n"
     "Draw **one** Ukrainian letter or digit on the canvas, press **Recognise**, then tell the model whether it was "
@@ -277,10 +295,11 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
                         transforms=(),
                         format="png",
                         elem_id="ukr-canvas",
+                        height=640,
                     )
                     with gr.Row():
                         recognise = gr.Button("🔍 Recognise", variant="primary", size="lg", elem_id="ukr-recognise")
-                        clear = gr.Button("🧽 Clear", size="lg", elem_id="ukr-clear")
+                        clear = gr.Button("Clear", size="lg", elem_id="ukr-clear")
                     gr.Markdown(
                         "Tips: one symbol per drawing · fill most of the canvas for capitals, draw smaller for "
                         "lowercase · the dots of **ї** and **й**'s breve count."
@@ -289,27 +308,32 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
                     result = gr.HTML(_result_html(None), elem_id="ukr-result")
                     top3 = gr.Label(label="Top 3", num_top_classes=3, show_label=True, elem_id="ukr-top3")
                     with gr.Group(visible=False, elem_id="ukr-feedback") as feedback:
-                        yes = gr.Button("✅ Yes, that's right — save it", variant="primary", elem_id="ukr-confirm")
+                        yes = gr.Button("✔ Yes, that's right — save it", variant="primary", elem_id="ukr-confirm")
                         gr.Markdown("**Not right?** Pick what you drew:", padding=True)
                         symbol = gr.Radio(
                             choices, label="Symbol", show_label=False, elem_id="ukr-symbols", container=True
                         )
                         case = gr.Radio([("lowercase", LOWER), ("UPPERCASE", UPPER)], label="Case", elem_id="ukr-case")
-                        fix = gr.Button("✏️ Save the correction", elem_id="ukr-correct")
+                        fix = gr.Button("Save the correction", elem_id="ukr-correct")
                     count = gr.Markdown(_count_text(0), elem_id="ukr-count")
             with gr.Tab("About", id="about"):
                 gr.Markdown(_about_text(no_upper, store.description, api_url))
 
         saved_outputs = [sketch, result, top3, symbol, case, feedback, count, state]
         recognise.click(predict, [sketch, state], [result, top3, symbol, case, feedback, state], api_name="predict")
-        yes.click(confirm, [sketch, state], saved_outputs, api_name="confirm")
-        fix.click(correct, [sketch, symbol, case, state], saved_outputs, api_name="correct")
+        yes.click(confirm, [sketch, state], saved_outputs, api_name="confirm").success(
+            None, js=SELECT_BRUSH_JS, api_visibility="private"
+        )
+        fix.click(correct, [sketch, symbol, case, state], saved_outputs, api_name="correct").success(
+            None, js=SELECT_BRUSH_JS, api_visibility="private"
+        )
         symbol.input(on_symbol, [symbol, case], [case], api_visibility="private", show_progress="hidden")
         clear.click(
             lambda s: (None, *on_clear(s)), [state], [sketch, result, top3, feedback, state], api_visibility="private"
-        )
+        ).then(None, js=SELECT_BRUSH_JS, api_visibility="private")
         sketch.clear(on_clear, [state], [result, top3, feedback, state], api_visibility="private")
         app.load(on_load, [state], [count, state], api_visibility="private")
+        app.load(None, js=SELECT_BRUSH_JS, api_visibility="private")
     return app
 
 
