@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 #: Letters with no uppercase sample in the training data (Rukopys); used when the prepared data is not at hand.
 MISSING_UPPERCASE_FALLBACK = tuple("импрстуфхцчшщьюяґ")
 CANVAS = (560, 560)
+#: Local fonts with clear Cyrillic (no web-font download; print-style т/д/и, not the cursive forms).
+SYSTEM_FONTS = ["system-ui", "Noto Sans", "DejaVu Sans", "Liberation Sans", "Arial", "sans-serif"]
 LOWER, UPPER = "lower", "upper"
 EMPTY_CANVAS = "Draw a letter first: the canvas is empty."
 
@@ -295,7 +297,7 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
                         transforms=(),
                         format="png",
                         elem_id="ukr-canvas",
-                        height=640,
+                        height=600,
                     )
                     with gr.Row():
                         recognise = gr.Button("🔍 Recognise", variant="primary", size="lg", elem_id="ukr-recognise")
@@ -306,7 +308,9 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
                     )
                 with gr.Column(scale=4, min_width=300):
                     result = gr.HTML(_result_html(None), elem_id="ukr-result")
-                    top3 = gr.Label(label="Top 3", num_top_classes=3, show_label=True, elem_id="ukr-top3")
+                    top3 = gr.Label(
+                        label="Top 3", num_top_classes=3, show_label=True, show_heading=False, elem_id="ukr-top3"
+                    )
                     with gr.Group(visible=False, elem_id="ukr-feedback") as feedback:
                         yes = gr.Button("✔ Yes, that's right — save it", variant="primary", elem_id="ukr-confirm")
                         gr.Markdown("**Not right?** Pick what you drew:", padding=True)
@@ -353,7 +357,7 @@ def _about_text(no_upper: list[str], store: str, api_url: str) -> str:
   what the model said, the model version, a random per-session id — **no personal data**), and the weekly
   retrain flow learns from them. A new model replaces the champion only if it reads better.
 
-### Please draw these capitals 🙏
+### Please draw these capitals
 The training data has **no uppercase** samples for: {letters}.
 The model has to guess their capitals from the lowercase shapes — every capital you draw and confirm teaches it.
 
@@ -384,7 +388,7 @@ def launch(
         prevent_thread_lock=not block,
         show_error=True,
         quiet=not block,
-        theme=gr.themes.Soft(primary_hue="blue", secondary_hue="yellow"),
+        theme=gr.themes.Soft(primary_hue="blue", secondary_hue="yellow", font=SYSTEM_FONTS),
         css=CSS,
         footer_links=["api", "settings"],
         ssr_mode=False,
