@@ -1,0 +1,241 @@
+"""The Gradio UI end to end: ``ukr-hw up`` runs the real BentoML API (tiny champion) and the UI; ``gradio_client``
+drives predict / confirm / correct; samples land in a real S3 server (SeaweedFS) with the right JSON records."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.test_feedback import letter_png
+from ukr_hw import stack
+from ukr_hw.api_client import ApiClient
+from ukr_hw.feedback import FeedbackStore
+from ukr_hw.settings import Settings, get_settings
+
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 240
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    api_url: str
+    ui_url: str
+    settings: Settings  # what the UI process sees (feedback store on S3)
+
+    def store(self) -> FeedbackStore:
+        return FeedbackStore.from_settings(self.settings)
+
+
+def _env(tmp: Path, s3, bucket: str, api_port: int, ui_port: int, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "UKR_HW_API_HOST": "127.0.0.1",
+        "UKR_HW_API_PORT": str(api_port),
+        "UKR_HW_UI_HOST": "127.0.0.1",
+        "UKR_HW_UI_PORT": str(ui_port),
+        "UKR_HW_FEEDBACK_URI": f"s3://{bucket}/ui",
+        "UKR_HW_FEEDBACK_SPOOL_DIR": str(tmp / "spool"),
+        "UKR_HW_S3_ENDPOINT_URL": s3.endpoint_url,
+        "UKR_HW_S3_ACCESS_KEY_ID": s3.access_key,
+        "UKR_HW_S3_SECRET_ACCESS_KEY": s3.secret_key,
+        "BENTOML_HOME": str(tmp / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "TORCH_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
+
+
+def _start_up(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ukr_hw.cli", "up"],
+            cwd=REPO,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+@pytest.fixture(scope="module")
+def running(champion_model, s3_server, tmp_path_factory) -> Running:
+    """``ukr-hw up`` with a champion present (no training), feedback to a fresh S3 bucket."""
+    tmp = tmp_path_factory.mktemp("ui")
+    s3_server.start()
+    bucket = s3_server.create_bucket("ui")
+    api_port, ui_port = stack.free_ports(2)
+    env = _env(tmp, s3_server, bucket, api_port, ui_port)
+    log = tmp / "up.log"
+    proc = _start_up(env, log)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while "UI ready" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stack.kill_group(proc.pid, timeout=20, wait=proc.wait)
+            pytest.fail(f"`ukr-hw up` did not get ready (code {proc.returncode}):\n{stack.log_tail(log, 60)}")
+        time.sleep(0.5)
+    settings = get_settings(
+        feedback_uri=f"s3://{bucket}/ui",
+        feedback_spool_dir=tmp / "spool",
+        s3_endpoint_url=s3_server.endpoint_url,
+        s3_access_key_id=s3_server.access_key,
+        s3_secret_access_key=s3_server.secret_key,
+    )
+    running = Running(proc, log, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{ui_port}", settings)
+    yield running
+    if proc.poll() is None:
+        stack.kill_group(proc.pid, timeout=30, wait=proc.wait)
+
+
+def _sketch(path: Path) -> dict:
+    from gradio_client import handle_file
+
+    return {"background": None, "layers": [handle_file(str(path))], "composite": handle_file(str(path)), "id": None}
+
+
+def _value(out):
+    """A plain value from an output (gradio_client hands ``gr.update(...)`` outputs over as dicts)."""
+    return out.get("value") if isinstance(out, dict) and out.get("__type__") == "update" else out
+
+
+def _client(url: str):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=False)
+
+
+def test_up_prints_both_urls(running: Running, champion_model):
+    text = running.log.read_text()
+    assert f"API ready: {running.api_url}" in text and f"UI ready:  {running.ui_url}" in text
+    assert f"v{champion_model.version}" in text
+    assert ApiClient(running.api_url).ready()
+
+
+def test_predict_confirm_and_correct_store_samples_in_s3(running: Running, champion_model, tmp_path):
+    png = tmp_path / "g.png"
+    png.write_bytes(letter_png())
+    expected = ApiClient(running.api_url).classify(png.read_bytes())
+    client = _client(running.ui_url)
+    assert {"/predict", "/confirm", "/correct"} <= set(
+        client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    )
+
+    # predict: the big symbol, top-3 bars, and the correction controls preset to the prediction
+    html, top3, symbol, case = (_value(o) for o in client.predict(_sketch(png), api_name="/predict"))
+    assert symbol == expected["label"]
+    assert case == (None if expected["is_uppercase"] is None else ("upper" if expected["is_uppercase"] else "lower"))
+    assert len(top3["confidences"]) == 3
+    probs = [c["confidence"] for c in top3["confidences"]]
+    assert probs == sorted(probs, reverse=True) and abs(probs[0] - expected["top"][0]["probability"]) < 1e-6
+    assert f"model v{champion_model.version}" in html
+
+    # confirm: stored with the predicted symbol and case; canvas cleared; the session count shows 1
+    out = client.predict(_sketch(png), api_name="/confirm")
+    sketch_after, count_text = _value(out[0]), _value(out[-1])
+    assert sketch_after is None
+    assert "**1** drawing " in count_text
+    store = running.store()
+    (first,) = store.list_since(None)
+    data, record = store.read(first)
+    assert data == png.read_bytes()  # the raw drawing, exactly as drawn (strokes on transparent)
+    assert record["symbol"] == expected["label"]
+    assert record["is_uppercase"] == expected["is_uppercase"]
+    assert record["predicted_symbol"] == expected["label"]
+    assert record["model_version"] == str(champion_model.version)
+    assert record["client_id"] and len(record["client_id"]) >= 16
+
+    # correct: the user says it is an uppercase Ї
+    client.predict(_sketch(png), api_name="/predict")
+    out = client.predict(_sketch(png), "ї", "upper", api_name="/correct")
+    assert "**2** drawings" in _value(out[-1])
+    refs = store.list_since(None)
+    assert len(refs) == 2
+    _, fixed = store.read(refs[-1])
+    assert (fixed["symbol"], fixed["is_uppercase"]) == ("ї", True)
+    assert fixed["predicted_symbol"] == expected["label"]
+    assert fixed["client_id"] == record["client_id"]  # one session, one random id
+
+    # a digit correction drops the case, whatever the case control says
+    client.predict(_sketch(png), api_name="/predict")
+    client.predict(_sketch(png), "7", "upper", api_name="/correct")
+    _, digit = store.read(store.list_since(None)[-1])
+    assert (digit["symbol"], digit["is_uppercase"]) == ("7", None)
+
+    # another browser session gets another client id and its own count
+    other = _client(running.ui_url)
+    other.predict(_sketch(png), api_name="/predict")
+    out = other.predict(_sketch(png), api_name="/confirm")
+    assert "**1** drawing " in _value(out[-1])
+    ids = {store.read(r)[1]["client_id"] for r in store.list_since(None)}
+    assert len(ids) == 2
+
+
+def test_clear_messages_for_bad_requests(running: Running, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    client = _client(running.ui_url)
+    empty = {"background": None, "layers": [], "composite": None, "id": None}
+    with pytest.raises(AppError, match="Draw a letter first"):
+        client.predict(empty, api_name="/predict")
+    png = tmp_path / "g.png"
+    png.write_bytes(letter_png())
+    with pytest.raises(AppError, match="Press Recognise first"):
+        client.predict(_sketch(png), api_name="/confirm")
+    with pytest.raises(AppError, match="Pick the symbol"):
+        client.predict(_sketch(png), None, None, api_name="/correct")
+    with pytest.raises(AppError, match="UPPERCASE or lowercase"):
+        client.predict(_sketch(png), "г", None, api_name="/correct")
+
+
+def test_api_down_is_explained(tmp_path):
+    """The UI in-process, pointed at a port where nothing listens."""
+    from gradio_client.exceptions import AppError
+
+    from services.ui.app import launch
+
+    settings = get_settings(root=tmp_path, feedback_uri="feedback")
+    dead = f"http://127.0.0.1:{stack.free_port()}"
+    port = stack.free_port()
+    app = launch(port=port, host="127.0.0.1", api_url=dead, block=False, settings=settings)
+    try:
+        png = tmp_path / "g.png"
+        png.write_bytes(letter_png())
+        with pytest.raises(AppError, match="recognition service is not reachable"):
+            _client(f"http://127.0.0.1:{port}").predict(_sketch(png), api_name="/predict")
+    finally:
+        app.close()
+
+
+def test_up_stops_both_on_ctrl_c(running: Running):
+    api_port, ui_port = int(running.api_url.rsplit(":", 1)[1]), int(running.ui_url.rsplit(":", 1)[1])
+    running.proc.send_signal(signal.SIGINT)
+    assert running.proc.wait(timeout=60) == 0, stack.log_tail(running.log, 40)
+    assert not stack.port_in_use(api_port) and not stack.port_in_use(ui_port)
+    assert "stopped" in running.log.read_text()
+
+
+def test_up_exits_nonzero_when_a_service_dies(champion_model, s3_server, tmp_path):
+    """The UI dies at start (a feedback URI without a bucket): `up` stops the API and exits non-zero."""
+    api_port, ui_port = stack.free_ports(2)
+    env = _env(tmp_path, s3_server, "unused", api_port, ui_port, UKR_HW_FEEDBACK_URI="s3://")
+    log = tmp_path / "up.log"
+    proc = _start_up(env, log)
+    try:
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            stack.kill_group(proc.pid, timeout=20, wait=proc.wait)
+    assert code == 1, stack.log_tail(log, 40)
+    assert "UI exited" in log.read_text()
+    assert not stack.port_in_use(api_port)
