@@ -79,28 +79,20 @@ def prep_mnist(mnist_dir: str, settings: Settings) -> dict[str, Any]:
     ``mnist_train.npz``, so pretraining never sees a digit that the fine-tune test scores.
     """
     frozen = split.frozen_test_ids(settings) or []
-    outs = [
-        settings.processed_dir / MNIST_TRAIN,
-        settings.processed_dir / MNIST_TEST,
-        cache_dir(settings) / DIGITS_CACHE,
-    ]
-    key = stamps.digest(
-        ingest_module.MNIST_MD5,
-        settings.mnist_per_class,
-        settings.mnist_limit,
-        settings.seed,
-        sorted(i for i in frozen if i.startswith("mnist-train/")),
-        preprocess_module,
-        mnist,
+    d = settings.processed_dir
+    outs = [d / MNIST_TRAIN, d / MNIST_TEST, cache_dir(settings) / DIGITS_CACHE]
+    # the chosen digits (cheap: labels only) are part of the key, so freezing a split that holds only these
+    # digits does not invalidate the step
+    train_labels = mnist.read_idx(Path(mnist_dir) / mnist.FILES["train"][1], "labels")
+    chosen = np.union1d(
+        mnist.select_per_class(train_labels, settings.mnist_per_class, settings.seed),
+        mnist.ids_to_index(frozen, "mnist-train"),
     )
+    key = stamps.digest(ingest_module.MNIST_MD5, chosen.tolist(), settings.mnist_limit, preprocess_module, mnist)
     if stamps.is_fresh(cache_dir(settings), "mnist", key, outs):
         return stamps.read_stamp(cache_dir(settings), "mnist")["counts"]
     train = mnist.load_split(Path(mnist_dir), "train")
     test = mnist.load_split(Path(mnist_dir), "test")
-    chosen = np.union1d(
-        mnist.select_per_class(train.labels, settings.mnist_per_class, settings.seed),
-        mnist.ids_to_index(frozen, "mnist-train"),
-    )
     rest = np.setdiff1d(np.arange(len(train.labels)), chosen)
     limit = settings.mnist_limit
     rest, test_index = rest[:limit], np.arange(len(test.labels))[:limit]
