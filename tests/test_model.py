@@ -19,7 +19,7 @@ from ukr_hw.model.network import build_network
 from ukr_hw.settings import get_settings
 from ukr_hw.training import ConfigError, load_config, pretrain
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # a shared CPU: one thread avoids OpenMP spin-waits
 
 
 def test_forward_contract_shapes():
@@ -185,7 +185,7 @@ def test_config_merge_and_overrides(tmp_path):
 
 def test_pretrain_cache_hit_skips_training(tmp_path, monkeypatch):
     write_tiny_processed(tmp_path / "data" / "processed", mnist_per_class=8)
-    settings = get_settings(root=tmp_path)
+    settings = get_settings(root=tmp_path, torch_threads=1)
     cfg = load_config(None, {"pretrain.epochs": 1, "net.width": 4, "net.hidden": 16, "trainer.progress": False})
     net, m = pretrain(cfg, settings)
     assert m["cached"] is False and (tmp_path / "data" / "cache" / f"pretrain-{m['cache_key']}.pt").exists()

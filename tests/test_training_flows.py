@@ -17,6 +17,7 @@ TINY = REPO / "configs" / "tiny.yaml"
 def tiny_project(tmp_path, monkeypatch) -> Path:
     write_tiny_processed(tmp_path / "data" / "processed", n_per_class=6, mnist_per_class=20)
     monkeypatch.setenv("UKR_HW_ROOT", str(tmp_path))
+    monkeypatch.setenv("UKR_HW_TORCH_THREADS", "1")
     monkeypatch.setenv("UKR_HW_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("UKR_HW_MLFLOW_ARTIFACT_ROOT", str(tmp_path / "mlartifacts"))
     monkeypatch.setenv("UKR_HW_OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
