@@ -24,7 +24,8 @@ import yaml
 from tests.fixtures.data import temp_env
 from ukr_hw import stack
 
-pytestmark = pytest.mark.slow
+#: the stack alone (mlflow + prefect server on PostgreSQL, worker, BentoML) takes minutes on a busy 2-core machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")
