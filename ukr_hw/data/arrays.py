@@ -83,6 +83,7 @@ def save_samples(samples: Samples, path: Path) -> Path:
     try:
         with open(tmp, "wb") as fh:
             np.savez(fh, **{f.name: getattr(samples, f.name) for f in fields(samples)})
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; data files are for every user of the checkout
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
