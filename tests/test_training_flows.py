@@ -43,7 +43,7 @@ def test_train_flow_logs_run_registers_and_caches_pretrain(tiny_project):
     assert "val/score" in run.data.metrics  # per-epoch fine-tune metrics from the Lightning logger
     artifacts = {a.path for a in client.list_artifacts(first["run_id"], "eval/test")}
     assert {"eval/test/confusion_symbol.png", "eval/test/misclassified.png"} <= artifacts
-    assert client.get_model_version_by_alias("ukr-hw", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("ukr-hw", "champion").version) == "1"
 
     reports = tiny_project / "data" / "reports"
     metrics = json.loads((reports / "metrics.json").read_text())
