@@ -1,12 +1,13 @@
 """Lineage: which feedback samples went into which data version, and which model version was trained on it.
 
-Three tables in the database of ``settings.lineage_db`` (SQLite file by default, PostgreSQL in the stack):
+Three tables in the database of ``settings.lineage_db`` (SQLite file by default, PostgreSQL in the stack), named
+``lineage_*`` so they can share a database with MLflow (which has a ``model_versions`` table of its own):
 
-* ``feedback_samples`` — every feedback sample the retrain flow has taken in: id, store key, label, role
+* ``lineage_feedback_samples`` — every feedback sample the retrain flow has taken in: id, store key, label, role
   (``train`` or ``user_test``), the data version it first joined, when. The primary key makes ingestion
   idempotent: a re-run after a crash never takes a sample twice.
-* ``data_version_samples`` — (data_version, sample_id): the feedback samples present in each data version.
-* ``model_versions`` — (model_version, data_version, run_id, promoted, reason): the data a model was trained on.
+* ``lineage_data_version_samples`` — (data_version, sample_id): the feedback samples present in each data version.
+* ``lineage_model_versions`` — (model_version, data_version, run_id, promoted, reason): the data a model was trained on.
 
 Queries: :func:`samples_for_model_version`, :func:`model_versions_for_sample`, :func:`ingested_ids`.
 """
@@ -26,7 +27,7 @@ from ukr_hw.settings import Settings, get_settings
 metadata = sa.MetaData()
 
 feedback_samples = sa.Table(
-    "feedback_samples",
+    "lineage_feedback_samples",
     metadata,
     sa.Column("sample_id", sa.String(64), primary_key=True),
     sa.Column("key", sa.String(255), nullable=False),
@@ -39,7 +40,7 @@ feedback_samples = sa.Table(
 )
 
 data_version_samples = sa.Table(
-    "data_version_samples",
+    "lineage_data_version_samples",
     metadata,
     sa.Column("data_version", sa.String(64), primary_key=True),
     sa.Column("sample_id", sa.String(64), primary_key=True),
@@ -47,7 +48,7 @@ data_version_samples = sa.Table(
 )
 
 model_versions = sa.Table(
-    "model_versions",
+    "lineage_model_versions",
     metadata,
     sa.Column("model_name", sa.String(128), primary_key=True),
     sa.Column("model_version", sa.String(32), primary_key=True),
