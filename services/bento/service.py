@@ -36,6 +36,7 @@ from typing import Any, Optional
 
 import bentoml
 import numpy as np
+import pandas  # noqa: F401  # BentoML's batch dispatcher imports pandas lazily; concurrent first batches raced
 from _bentoml_sdk.validators import FileSchema  # BentoML's own file field (kept under Optional)
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
@@ -319,18 +320,44 @@ _DISPOSITION = re.compile(rb"content-disposition:[^\r\n]*", re.IGNORECASE)
 _NAME = re.compile(rb'\bname="([^"]*)"')
 
 
+async def _multipart_problem(scope: dict, body: bytes) -> str | None:
+    """Parse a buffered multipart body the way BentoML will; a malformed one is a client error, not a 500."""
+    from starlette.requests import Request
+
+    async def once() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(scope, once).form()
+        await form.close()
+    except Exception as exc:  # starlette: HTTPException(400) / MultiPartException on a broken body
+        detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or exc.__class__.__name__
+        return f"malformed multipart/form-data body ({detail}); let your HTTP client build the form."
+    return None
+
+
 class UploadGuard:
-    """ASGI middleware on the upload routes: caps the body size before it is read into memory and refuses
-    non-file parts in the file fields (BentoML would otherwise treat such a text value as a URL to fetch)."""
+    """ASGI middleware: on every POST refuses a multipart Content-Type without a boundary; on the upload routes caps
+    the body size before it is read into memory and refuses non-file parts in the file fields (BentoML would
+    otherwise treat such a text value as a URL to fetch)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or scope.get("method") != "POST" or path not in _FILE_FIELDS:
+        if scope["type"] != "http" or scope.get("method") != "POST":
             return await self.app(scope, receive, send)
-        limit = SETTINGS.max_upload_bytes if path == "/classify" else SETTINGS.max_batch_upload_bytes
+        content_type = dict(scope.get("headers") or []).get(b"content-type", b"").lower()
+        if content_type.startswith(b"multipart/") and b"boundary=" not in content_type:
+            # on every POST route: BentoML's body parser fails with a 500 on a multipart type without a boundary
+            REJECTED.labels(reason="bad_content_type").inc()
+            problem = "Content-Type multipart/form-data without a boundary; let your HTTP client build the form."
+            return await JSONResponse({"error": problem}, status_code=400)(scope, receive, send)
+        multipart = content_type.startswith(b"multipart/")
+        if path not in _FILE_FIELDS and not multipart:
+            return await self.app(scope, receive, send)
+        limit = SETTINGS.max_batch_upload_bytes if path == "/classify_batch" else SETTINGS.max_upload_bytes
         limit += 64 * 1024  # multipart framing
         headers = dict(scope.get("headers") or [])
         too_big = JSONResponse(
@@ -354,7 +381,10 @@ class UploadGuard:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        if b"multipart/form-data" in headers.get(b"content-type", b""):
+        if multipart and (problem := await _multipart_problem(scope, body)):
+            REJECTED.labels(reason="bad_multipart").inc()
+            return await JSONResponse({"error": problem}, status_code=400)(scope, receive, send)
+        if multipart and path in _FILE_FIELDS:
             field = _FILE_FIELDS[path]
             for m in _DISPOSITION.finditer(body):
                 name = _NAME.search(m.group(0))
