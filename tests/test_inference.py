@@ -62,6 +62,22 @@ def test_predict_arrays_accepts_uint8_and_float_alike(champion_model):
         p.predict_arrays(t.x, t.ink[:3])
 
 
+def _assert_same_answers(a: list[dict], b: list[dict]) -> None:
+    """Equal answers; probabilities may differ in the last float bits (batches of other sizes take other BLAS
+    paths), so they are compared to 1e-4."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert list(x) == list(y)
+        assert {k: x[k] for k in x if k not in ("top", "case_probability")} == {
+            k: y[k] for k in y if k not in ("top", "case_probability")
+        }
+        assert (x["case_probability"] is None) == (y["case_probability"] is None)
+        if x["case_probability"] is not None:
+            assert x["case_probability"] == pytest.approx(y["case_probability"], abs=1e-4)
+        assert [t["probability"] for t in x["top"]] == pytest.approx([t["probability"] for t in y["top"]], abs=1e-4)
+        assert [t["label"] for t in x["top"][:1]] == [t["label"] for t in y["top"][:1]]
+
+
 def test_predict_paths_in_order_with_a_bad_file_and_a_pool(champion_model, mirror, tmp_path):
     files = _rukopys_files(mirror, 24)
     broken = tmp_path / "broken.png"
@@ -70,7 +86,7 @@ def test_predict_paths_in_order_with_a_bad_file_and_a_pool(champion_model, mirro
     serial = list(predict_paths(paths, workers=0, batch_size=7))
     pooled = list(predict_paths(paths, workers=2, batch_size=7))
     assert [r["path"] for r in serial] == paths == [r["path"] for r in pooled]
-    assert [r for r in serial if "error" not in r] == [r for r in pooled if "error" not in r]
+    _assert_same_answers([r for r in serial if "error" not in r], [r for r in pooled if "error" not in r])
     assert "error" in pooled[10]
     bad = serial[10]
     assert list(bad) == ["path", "error"] and "not a readable image" in bad["error"]
@@ -79,7 +95,7 @@ def test_predict_paths_in_order_with_a_bad_file_and_a_pool(champion_model, mirro
     # the same answers as preprocessing by hand and predicting glyphs
     p = Predictor.from_uri()
     by_hand = p.predict_glyphs([preprocess(f) for f, _, _ in files])
-    assert [{k: v for k, v in r.items() if k != "path"} for r in good] == by_hand
+    _assert_same_answers([{k: v for k, v in r.items() if k != "path"} for r in good], by_hand)
     # a trained model, not noise: most of these training-distribution scans are named right
     right = sum(r["label"] == label for r, (_, label, _) in zip(good, files, strict=True))
     assert right >= len(files) // 2
