@@ -185,13 +185,11 @@ def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
 def log_eval(report: EvalReportLike, prefix: str = "test") -> None:
     """Log an evaluation: metrics as ``<prefix>_<name>``, figures (confusion matrices, misclassified grid) as
     PNGs under ``eval/<prefix>/``, and per-class accuracy as an MLflow table."""
-    import matplotlib.pyplot as plt
     import mlflow
 
     mlflow.log_metrics({f"{prefix}_{k}": v for k, v in _finite(report.metrics).items()})
     for name, fig in report.figures().items():
-        mlflow.log_figure(fig, f"eval/{prefix}/{name}.png")
-        plt.close(fig)
+        mlflow.log_figure(fig, f"eval/{prefix}/{name}.png")  # plain Figure objects: nothing to close
     per_class = report.per_class
     if per_class is not None and len(per_class):
         mlflow.log_table(per_class.reset_index(drop=per_class.index.name is None), f"eval/{prefix}/per_class.json")

@@ -45,15 +45,13 @@ def write_manifest(splits: dict[str, Samples], path: Path, **extra: Any) -> dict
 
 def preview(samples: Samples, path: Path, per_class: int = 4, seed: int = 0) -> Path:
     """A grid: for every symbol up to ``per_class`` samples (upper- and lowercase mixed), titled with the label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, safe in workers and notebooks
 
     rng = np.random.default_rng(seed)
     cols = 6
     rows = -(-labels.NUM_CLASSES // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 0.9))
+    fig = Figure(figsize=(cols * 2.2, rows * 0.9))
+    axes = fig.subplots(rows, cols)
     for k, ax in enumerate(np.ravel(axes)):
         ax.axis("off")
         if k >= labels.NUM_CLASSES:
@@ -72,6 +70,5 @@ def preview(samples: Samples, path: Path, per_class: int = 4, seed: int = 0) -> 
     fig.tight_layout()
     tmp = Path(path).with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=80)
-    plt.close(fig)
     os.replace(tmp, path)
     return Path(path)

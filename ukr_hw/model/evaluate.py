@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +25,6 @@ import torch
 from ukr_hw.data.arrays import Samples
 from ukr_hw.labels import LOOKALIKE_PAIRS, NUM_CLASSES, SYMBOLS, display, index_of
 from ukr_hw.model.network import UkrHwNet
-
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 @torch.inference_mode()
