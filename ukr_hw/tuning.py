@@ -29,6 +29,7 @@ import lightning as L
 import optuna
 import yaml
 
+from ukr_hw.model.lit import monitored_value
 from ukr_hw.training import ConfigError, _read_yaml, apply_overrides, load_config
 
 
@@ -39,15 +40,13 @@ class OptunaPruning(L.Callback):
         self.trial, self.monitor = trial, monitor
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        value = trainer.callback_metrics.get(self.monitor)
+        value = monitored_value(trainer, self.monitor)
         if value is None:
             return
         epoch = trainer.current_epoch
-        self.trial.report(float(value), step=epoch)
+        self.trial.report(value, step=epoch)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {epoch}: {self.monitor}={float(value):.4f}")
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}: {self.monitor}={value:.4f}")
 
 
 def load_tune_config(path: Path | str) -> dict[str, Any]:

@@ -144,6 +144,18 @@ class LitUkrHw(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def monitored_value(trainer: L.Trainer, monitor: str) -> float | None:
+    """The value of ``monitor`` after a real validation (None during the sanity check or before it is logged).
+
+    Callbacks read it in ``on_validation_end``, not ``on_validation_epoch_end``: callbacks run before the module's
+    hook that logs ``val/score``.
+    """
+    if trainer.sanity_checking:
+        return None
+    value = trainer.callback_metrics.get(monitor)
+    return None if value is None else float(value)
+
+
 class BestWeights(L.Callback):
     """Keep the network weights of the best validation epoch in memory and restore them when training ends."""
 
@@ -154,13 +166,9 @@ class BestWeights(L.Callback):
         self._state: dict | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # not on_validation_epoch_end: callbacks run before the module's hook that logs val/score
-        if trainer.sanity_checking:
+        v = monitored_value(trainer, self.monitor)
+        if v is None:
             return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            return
-        v = float(value)
         if self.best is None or (v > self.best if self.mode == "max" else v < self.best):
             self.best, self.best_epoch = v, trainer.current_epoch
             self._state = copy.deepcopy(pl_module.net.state_dict())
