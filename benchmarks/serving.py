@@ -90,8 +90,13 @@ async def _load(url: str, images: list[bytes], concurrency: int, total: int) -> 
                 latencies.append(time.perf_counter() - t0)
                 errors += r.status_code != 200
 
-        for data in images[:8]:  # warm-up
-            await http.post("/classify", files={"image": ("g.png", data, "image/png")})
+        # warm-up at this concurrency: connections, lazy imports, and BentoML's batching optimizer, which learns
+        # its latency model from the first requests it sees (those first ~20 are slow by design)
+        async def warm(i: int) -> None:
+            await http.post("/classify", files={"image": ("g.png", images[i % len(images)], "image/png")})
+
+        for start in range(0, 64, concurrency):
+            await asyncio.gather(*(warm(i) for i in range(start, min(start + concurrency, 64))))
         t0 = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(concurrency)))
         wall = time.perf_counter() - t0

@@ -41,8 +41,10 @@ from _bentoml_sdk.validators import FileSchema  # BentoML's own file field (kept
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
+from services.bento import bentoml_fixes
 from ukr_hw.settings import get_settings
 
+bentoml_fixes.apply()  # BentoML 1.4.39's inter-service client fails requests in flight under load (see the module)
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # an unreachable registry must fail fast
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
@@ -61,6 +63,30 @@ def _guard_pixels() -> None:
 
 
 _guard_pixels()
+
+
+def _freeze_heap() -> None:
+    """Move everything loaded so far (torch, mlflow, bentoml, scipy: a million objects) out of the garbage
+    collector's view. Otherwise every full collection walks them all and stalls whatever request is running for
+    100-400 ms (py-spy: a few requests in a thousand). Call it after the warm-up, once the lazy imports are done."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def _warm_up_preprocessing() -> None:
+    """One glyph through the whole input path, so its lazy imports (PIL plugins, scipy) happen before the freeze."""
+    from PIL import Image, ImageDraw
+
+    from ukr_hw.preprocess import preprocess
+
+    img = Image.new("L", (64, 64), 255)
+    ImageDraw.Draw(img).line([(16, 12), (48, 52)], fill=0, width=5)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    preprocess(buf.getvalue())
+
 
 # --- metrics (exported at /metrics with BentoML's own) ------------------------------------------------------
 
@@ -152,6 +178,11 @@ class UkrHwModel:
         self.loaded_at = time.time()
         MODEL_VERSION.labels(version=str(self.predictor.model_version)).set(1)
         log.info("serving %s (model version %s)", stored.tag, self.predictor.model_version)
+        # warm up: the first forward pass and the registry client's imports (mlflow) before the heap is frozen
+        self.predictor.predict_arrays(np.zeros((1, 28, 28), np.float32), np.zeros((1, 2), np.float32))
+        import mlflow.tracking  # noqa: F401
+
+        _freeze_heap()
         if SETTINGS.reload_interval_s > 0:
             threading.Thread(target=self._poll, name="ukr-hw-reload", daemon=True).start()
 
@@ -434,6 +465,8 @@ class UkrHwApi:
         import anyio
 
         self._limiter = anyio.CapacityLimiter(4)  # preprocessing threads per worker process
+        _warm_up_preprocessing()
+        _freeze_heap()
 
     async def _rows(self, paths: list[tuple[Path | None, str]]) -> np.ndarray:
         import anyio
