@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from tests.test_serving import Server, running_api
+from tests.fixtures.servers import Server
 
 
 @pytest.fixture(scope="module")
-def api(champion_model, tmp_path_factory) -> Iterator[Server]:
-    with running_api(tmp_path_factory.mktemp("bento-schema"), admin_token="schema-token", serve_workers="1") as srv:
-        yield srv
+def api(bento_api: Server) -> Server:
+    return bento_api
 
 
 @pytest.fixture(scope="module")

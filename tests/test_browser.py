@@ -8,14 +8,12 @@ import itertools
 import os
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from ukr_hw import stack
-from ukr_hw.api_client import ApiClient
 from ukr_hw.feedback import FeedbackStore
 from ukr_hw.settings import get_settings
 
@@ -67,25 +65,9 @@ def save_shot(page, name: str, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def api_url(champion_model, tmp_path_factory) -> str:
-    """A real BentoML server (``ukr-hw serve``) on the session's champion."""
-    tmp = tmp_path_factory.mktemp("browser-api")
-    port = stack.free_port()
-    env = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-    proc = stack.ManagedProcess(
-        "api",
-        [sys.executable, "-m", "ukr_hw.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
-        tmp / "api.log",
-        env=env,
-        cwd=REPO,
-    )
-    proc.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        proc.wait_ready(ApiClient(url).ready, 240, f"API at {url}")
-        yield url
-    finally:
-        proc.stop()
+def api_url(bento_api) -> str:
+    """The session's real BentoML server (``ukr-hw serve`` on the champion, tests/fixtures/servers.py)."""
+    return bento_api.url
 
 
 def test_draw_predict_submit(api_url, s3_server, tmp_path):

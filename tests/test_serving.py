@@ -8,18 +8,13 @@ a background loop of requests sees no failure.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,13 +22,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.fixtures.servers import API_MAX_BATCH as MAX_BATCH
+from tests.fixtures.servers import API_MAX_SIDE as MAX_SIDE
+from tests.fixtures.servers import API_MAX_UPLOAD as MAX_UPLOAD
+from tests.fixtures.servers import API_TOKEN as TOKEN
+from tests.fixtures.servers import Server
 from ukr_hw.api_client import ApiClient, ApiError, ApiUnreachableError
 
 REPO = Path(__file__).resolve().parents[1]
-TOKEN = "test-admin-token"
-MAX_UPLOAD = 300_000
-MAX_SIDE = 1024
-MAX_BATCH = 4
 
 
 def _free_port() -> int:
@@ -48,71 +44,10 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-class Server:
-    def __init__(self, url: str, proc: subprocess.Popen, log: Path, readyz: list[int]) -> None:
-        self.url, self.proc, self.log, self.readyz_seen = url, proc, log, readyz
-
-
-@contextlib.contextmanager
-def running_api(tmp: Path, **settings: str) -> Iterator[Server]:
-    """`ukr-hw serve` on a free port (BentoML store in ``tmp``), ready, killed (whole process group) on exit."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(tmp / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "PYTHONPATH": str(REPO),
-        **{f"UKR_HW_{k.upper()}": v for k, v in settings.items()},
-    }
-    log = tmp / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ukr_hw.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    seen: list[int] = []
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"`ukr-hw serve` exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                status = httpx.get(f"{url}/readyz", timeout=5).status_code
-            except httpx.TransportError:
-                status = 0  # not listening yet
-            seen.append(status)
-            if status == 200:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"API not ready after 240 s:\n{log.read_text()[-3000:]}")
-        yield Server(url, proc, log, seen)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
-def server(champion_model, tmp_path_factory) -> Iterator[Server]:
-    with running_api(
-        tmp_path_factory.mktemp("bento"),
-        admin_token=TOKEN,
-        reload_interval_s="2",
-        serve_workers="1",
-        max_upload_bytes=str(MAX_UPLOAD),
-        max_image_side=str(MAX_SIDE),
-        max_batch_images=str(MAX_BATCH),
-    ) as srv:
-        yield srv
+def server(bento_api: Server) -> Server:
+    """The session's BentoML server (tests/fixtures/servers.py); started with TOKEN and the limits above."""
+    return bento_api
 
 
 @pytest.fixture(scope="module")
