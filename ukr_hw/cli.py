@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Prefect's embedded server phones home on start; on a fresh SQLite home that races its own migrations and
+    # prints a "database is locked" traceback. Opt out unless the user decided otherwise.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
