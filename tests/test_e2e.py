@@ -85,7 +85,7 @@ def native_stack(prepared_data, pg_admin_url: str, tmp_path_factory) -> Iterator
         with temp_env(**st.client_env()):
             try:
                 st.up(["s3", "mlflow", "prefect", "worker"])
-                yield {"stack": st, "root": root, "env": env}
+                yield {"stack": st, "root": root, "env": env, "base": base}
             finally:
                 st.down()
                 for db in (env["UKR_HW_MLFLOW_DATABASE"], env["UKR_HW_PREFECT_DATABASE"]):
@@ -93,7 +93,9 @@ def native_stack(prepared_data, pg_admin_url: str, tmp_path_factory) -> Iterator
 
 
 def test_feedback_loop_end_to_end(native_stack) -> None:
+    import gradio_client
     import mlflow
+    from gradio_client import handle_file
 
     from ukr_hw import lineage, retraining, tracking
     from ukr_hw.api_client import ApiClient
@@ -102,6 +104,7 @@ def test_feedback_loop_end_to_end(native_stack) -> None:
     from ukr_hw.settings import get_settings
 
     st: stack.Stack = native_stack["stack"]
+    base: Path = native_stack["base"]
     s = get_settings()
     assert s.resolved_tracking_uri() == st.mlflow_url and s.feedback_uri == "s3://feedback"
 
@@ -119,11 +122,24 @@ def test_feedback_loop_end_to_end(native_stack) -> None:
     before = api.classify_batch(probes)
     assert {r["model_version"] for r in before} == {first.version}
 
-    # 3. users submit drawings of uppercase «Ю» (the data has no uppercase ю)
+    # 3. users draw uppercase «Ю» (the data has no uppercase ю) in the sketchpad: recognise, then correct it,
+    #    through the UI's own API (gradio_client: the same calls the browser makes); the UI stores them in S3
+    st.up(["ui"])
     store = FeedbackStore.from_settings(s)
-    ids = [
-        store.save(yu(i), "ю", True, before[0]["label"], before[0]["is_uppercase"], first.version) for i in range(16)
-    ]
+    ui = gradio_client.Client(st.ui_url, verbose=False, download_files=False)
+    drawings = base / "drawings"
+    drawings.mkdir()
+    for i in range(16):
+        png = drawings / f"yu-{i}.png"
+        png.write_bytes(yu(i))
+        sketch = {"background": None, "layers": [handle_file(str(png))], "composite": handle_file(str(png)), "id": None}
+        ui.predict(sketch, api_name="/predict")
+        ui.predict(sketch, "ю", "upper", api_name="/correct")
+    refs = store.list_since(None)
+    records = [store.read(r)[1] for r in refs]
+    assert [(r["symbol"], r["is_uppercase"]) for r in records] == [("ю", True)] * 16
+    assert {r["model_version"] for r in records} == {first.version}
+    ids = [r["sample_id"] for r in records]
 
     # 4. the real CLI: deploy, then run the weekly retrain on the worker
     deploy = prefect_cli("deploy", "--name", "weekly")
