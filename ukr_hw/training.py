@@ -72,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
         "val_fraction": 0.15,
         "use_synthetic": True,
         "synthetic_limit": None,
+        "mnist_limit": 0,  #: MNIST training digits mixed into fine-tuning (keeps digits as good as after pretraining)
     },
     "augment": {},  #: fine-tune augmentation, see ukr_hw.model.augment.AugmentConfig (defaults when empty)
 }
@@ -285,6 +286,7 @@ def finetune_datamodule(config: Mapping[str, Any], settings: Settings | None = N
         seed=config["seed"],
         use_synthetic=f["use_synthetic"],
         synthetic_limit=f.get("synthetic_limit"),
+        mnist_limit=int(f.get("mnist_limit") or 0),
         extra=extra,
         batch_size=f["batch_size"],
         balance_power=f["balance_power"],

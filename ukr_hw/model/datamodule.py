@@ -107,6 +107,7 @@ class GlyphDataModule(SamplesDataModule):
         seed: int = 42,
         use_synthetic: bool = True,
         synthetic_limit: int | None = None,
+        mnist_limit: int = 0,
         extra: Samples | None = None,
         **kwargs,
     ) -> GlyphDataModule:
@@ -120,6 +121,13 @@ class GlyphDataModule(SamplesDataModule):
             if synthetic_limit is not None and len(syn) > synthetic_limit:
                 syn = syn.subset(np.sort(np.random.default_rng(seed).permutation(len(syn))[:synthetic_limit]))
             parts.append(syn)
+        mnist_path = processed_dir / "mnist_train.npz"
+        if mnist_limit > 0 and mnist_path.exists():
+            # more digit writers than the ~40 per digit in the merged data; mnist_train holds none of the
+            # fine-tune digits (train or frozen test), so nothing leaks into the evaluation
+            mnist = load_samples(mnist_path)
+            pick = np.random.default_rng(seed + 1).permutation(len(mnist))[: int(mnist_limit)]
+            parts.append(mnist.subset(np.sort(pick)))
         if extra is not None:
             parts.append(extra)
         return cls(Samples.concat(parts), val, **kwargs)
