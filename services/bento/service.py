@@ -7,7 +7,8 @@
   page at ``/`` (``/docs.json``).
 * :class:`UkrHwModel` (internal, one process): holds the model and answers the batchable ``predict`` (adaptive
   batching: concurrent single-image requests from all API workers are merged into one forward pass of up to
-  ``settings.serve_max_batch_size`` glyphs within ``settings.serve_max_latency_ms``).
+  ``settings.serve_max_batch_size`` glyphs within ``settings.serve_max_latency_ms``). Each API worker first coalesces
+  its own concurrent requests into one call (:class:`Coalescer`): under load one HTTP hop per batch, not per image.
 
 Which model: the BentoML model ``ukr-hw:<tag>`` (env ``UKR_HW_BENTO_MODEL``, default ``ukr-hw:latest``) is a class
 attribute, so ``bentoml build`` packs it into the Bento; ``ukr-hw serve`` imports the registry's champion
@@ -25,6 +26,7 @@ images), 413 (too large in bytes or pixels), 415 (unsupported format) or 422 (bl
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -442,6 +444,60 @@ class UploadGuard:
         await self.app(scope, replay, send)
 
 
+class Coalescer:
+    """One model call at a time per API worker, carrying every request that queued up while the last one ran.
+
+    Under load, concurrent requests in a worker become one call to the model service instead of one call each
+    (its per-call HTTP cost is larger than the forward pass of a glyph); with a single client a request goes out
+    at once, so nothing waits. The model service's adaptive batching then merges the calls of all workers.
+    """
+
+    def __init__(self, call: Any, max_rows: int) -> None:
+        self._call, self._max_rows = call, max(1, max_rows)
+        self._pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._running = False
+        self._task: asyncio.Task | None = None  # referenced, so the running drain is never garbage-collected
+
+    async def __call__(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        self._pending.append((rows, future))
+        if not self._running:
+            self._running = True
+            self._task = loop.create_task(self._drain())
+        return await future
+
+    def _take(self) -> list[tuple[np.ndarray, asyncio.Future]]:
+        batch, n = [], 0
+        while self._pending and (not batch or n + len(self._pending[0][0]) <= self._max_rows):
+            rows, future = self._pending.pop(0)
+            if not future.done():  # the client went away meanwhile
+                batch.append((rows, future))
+                n += len(rows)
+        return batch
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = self._take()
+                if not batch:
+                    continue
+                try:
+                    results = await self._call(np.concatenate([rows for rows, _ in batch]))
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                start = 0
+                for rows, future in batch:
+                    if not future.done():
+                        future.set_result(results[start : start + len(rows)])
+                    start += len(rows)
+        finally:
+            self._running = False
+
+
 # --- the public API service ---------------------------------------------------------------------------------------
 
 # BentoML turns a ``Path`` field into a file part by annotating it with its (unhashable) FileSchema; inside
@@ -465,6 +521,7 @@ class UkrHwApi:
         import anyio
 
         self._limiter = anyio.CapacityLimiter(4)  # preprocessing threads per worker process
+        self._predict = Coalescer(lambda rows: self.model.to_async.predict(rows), SETTINGS.serve_max_batch_size)
         _warm_up_preprocessing()
         _freeze_heap()
 
@@ -488,7 +545,7 @@ class UkrHwApi:
             rows = await self._rows([(image, "image")])
         except BadInput as exc:
             return _error(ctx, exc)  # type: ignore[return-value]
-        results = await self.model.to_async.predict(rows)
+        results = await self._predict(rows)
         return ClassifyResult.model_validate(results[0])
 
     @bentoml.api(route="/classify_batch")
@@ -521,7 +578,7 @@ class UkrHwApi:
             rows = await self._rows([(p, f"image {i}") for i, p in enumerate(images)])
         except BadInput as exc:
             return _error(ctx, exc)  # type: ignore[return-value]
-        return [ClassifyResult.model_validate(r) for r in await self.model.to_async.predict(rows)]
+        return [ClassifyResult.model_validate(r) for r in await self._predict(rows)]
 
     @bentoml.api(route="/info")
     async def info(self) -> ModelInfo:
