@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,11 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ukr_hw import stack  # noqa: E402
 
 
 def _images(n: int) -> list[bytes]:
@@ -63,14 +55,8 @@ def _start(cmd: list[str], url: str, log: Path, timeout: float = 300) -> subproc
 
 
 def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    if proc is not None and proc.poll() is None:
+        stack.kill_group(proc.pid, timeout=20, wait=proc.wait)
 
 
 async def _load(url: str, images: list[bytes], concurrency: int, total: int) -> dict[str, float]:
@@ -144,14 +130,14 @@ def main() -> None:
     try:
         url = args.url
         if not url:
-            port = _free_port()
+            port = stack.free_port()
             url = f"http://127.0.0.1:{port}"
             print(f"starting ukr-hw serve on {url} …", flush=True)
             cmd = [sys.executable, "-m", "ukr_hw.cli", "serve", "--port", str(port), "--host", "127.0.0.1"]
             procs.append(_start(cmd, url, args.log_dir / "bench-bento.log"))
         naive = args.naive_url
         if not naive:
-            port = _free_port()
+            port = stack.free_port()
             naive = f"http://127.0.0.1:{port}"
             print(f"starting the naive server on {naive} …", flush=True)
             cmd = [

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import struct
 import threading
 import time
@@ -27,15 +26,10 @@ from tests.fixtures.servers import API_MAX_SIDE as MAX_SIDE
 from tests.fixtures.servers import API_MAX_UPLOAD as MAX_UPLOAD
 from tests.fixtures.servers import API_TOKEN as TOKEN
 from tests.fixtures.servers import Server
+from ukr_hw import stack
 from ukr_hw.api_client import ApiClient, ApiError, ApiUnreachableError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _png(img: Image.Image) -> bytes:
@@ -177,7 +171,7 @@ def test_client_errors_carry_the_server_message(client):
         client.classify(b"nope")
     assert err.value.status == 400 and "not a readable image" in err.value.message
     with pytest.raises(ApiUnreachableError, match="ukr-hw serve"):
-        ApiClient(f"http://127.0.0.1:{_free_port()}", timeout=2).classify(b"x")
+        ApiClient(f"http://127.0.0.1:{stack.free_port()}", timeout=2).classify(b"x")
 
 
 # --- hot reload -------------------------------------------------------------------------------------------------
