@@ -27,6 +27,7 @@ images), 413 (too large in bytes or pixels), 415 (unsupported format) or 422 (bl
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import logging
 import os
@@ -381,7 +382,8 @@ class UploadGuard:
         path = scope.get("path", "")
         if scope["type"] != "http" or scope.get("method") != "POST":
             return await self.app(scope, receive, send)
-        content_type = dict(scope.get("headers") or []).get(b"content-type", b"").lower()
+        headers = dict(scope.get("headers") or [])
+        content_type = headers.get(b"content-type", b"").lower()
         if content_type.startswith(b"multipart/") and b"boundary=" not in content_type:
             # on every POST route: BentoML's body parser fails with a 500 on a multipart type without a boundary
             REJECTED.labels(reason="bad_content_type").inc()
@@ -392,7 +394,6 @@ class UploadGuard:
             return await self.app(scope, receive, send)
         limit = SETTINGS.max_batch_upload_bytes if path == "/classify_batch" else SETTINGS.max_upload_bytes
         limit += 64 * 1024  # multipart framing
-        headers = dict(scope.get("headers") or [])
         too_big = JSONResponse(
             {"error": f"request body over {limit // 1024} KiB; send smaller images (or fewer per batch)."},
             status_code=413,
@@ -454,7 +455,7 @@ class Coalescer:
 
     def __init__(self, call: Any, max_rows: int) -> None:
         self._call, self._max_rows = call, max(1, max_rows)
-        self._pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._pending: collections.deque[tuple[np.ndarray, asyncio.Future]] = collections.deque()
         self._running = False
         self._task: asyncio.Task | None = None  # referenced, so the running drain is never garbage-collected
 
@@ -470,7 +471,7 @@ class Coalescer:
     def _take(self) -> list[tuple[np.ndarray, asyncio.Future]]:
         batch, n = [], 0
         while self._pending and (not batch or n + len(self._pending[0][0]) <= self._max_rows):
-            rows, future = self._pending.pop(0)
+            rows, future = self._pending.popleft()
             if not future.done():  # the client went away meanwhile
                 batch.append((rows, future))
                 n += len(rows)

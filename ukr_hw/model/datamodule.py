@@ -57,6 +57,13 @@ def balanced_weights(y: np.ndarray, power: float = 1.0) -> torch.Tensor:
     return torch.as_tensor(w / w.sum(), dtype=torch.double)
 
 
+def _random_subset(samples: Samples, limit: int | None, seed: int) -> Samples:
+    """At most ``limit`` samples drawn without replacement (seeded), kept in their original order."""
+    if limit is None or len(samples) <= limit:
+        return samples
+    return samples.subset(np.sort(np.random.default_rng(seed).permutation(len(samples))[:limit]))
+
+
 class SamplesDataModule(L.LightningDataModule):
     """Train/validation ``Samples`` held in memory."""
 
@@ -118,16 +125,12 @@ class GlyphDataModule(SamplesDataModule):
         syn_path = processed_dir / "synthetic_train.npz"
         if use_synthetic and syn_path.exists():
             syn = load_samples(syn_path)
-            if synthetic_limit is not None and len(syn) > synthetic_limit:
-                syn = syn.subset(np.sort(np.random.default_rng(seed).permutation(len(syn))[:synthetic_limit]))
-            parts.append(syn)
+            parts.append(_random_subset(syn, synthetic_limit, seed))
         mnist_path = processed_dir / "mnist_train.npz"
         if mnist_limit > 0 and mnist_path.exists():
             # more digit writers than the ~40 per digit in the merged data; mnist_train holds none of the
             # fine-tune digits (train or frozen test), so nothing leaks into the evaluation
-            mnist = load_samples(mnist_path)
-            pick = np.random.default_rng(seed + 1).permutation(len(mnist))[: int(mnist_limit)]
-            parts.append(mnist.subset(np.sort(pick)))
+            parts.append(_random_subset(load_samples(mnist_path), int(mnist_limit), seed + 1))
         if extra is not None:
             parts.append(extra)
         return cls(Samples.concat(parts), val, **kwargs)
