@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     serve_workers: int = Field(2, ge=1, description="BentoML API worker processes (decode + preprocess).")
     serve_torch_threads: int = Field(1, ge=1, description="torch threads in the model worker (batched predict).")
     serve_max_batch_size: int = Field(64, ge=1, description="Adaptive batching: most glyphs per model call.")
+    serve_access_log: bool = Field(
+        True, description="One log line per API request (BentoML's access log); off saves ~0.3 ms CPU per request."
+    )
     serve_max_latency_ms: int = Field(
         1000,
         ge=1,

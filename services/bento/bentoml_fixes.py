@@ -1,6 +1,7 @@
-"""Two fixes to BentoML 1.4.39's client between services (``bentoml.depends``), applied when the service loads.
+"""Fixes to BentoML 1.4.39's serving, applied when the service loads.
 
-Both turned into HTTP 500s for our clients under load (the serving benchmark at 32 clients: 26 of 1,600 requests):
+:func:`apply` fixes its client between services (``bentoml.depends``); both problems turned into HTTP 500s for
+our clients under load (the serving benchmark at 32 clients: 26 of 1,600 requests):
 
 1. **Session refresh closes requests in flight.** ``proxy2.SessionManager`` replaces its aiohttp session every 100
    requests (or 5 minutes) and *awaits* ``close()`` on the old one at once, while other coroutines are still
@@ -10,7 +11,17 @@ Both turned into HTTP 500s for our clients under load (the serving benchmark at 
    uvicorn server on the other end drops them after 5 s; a request that picks such a connection fails (BentoML
    #4971, PR #5698). Here idle connections are dropped after 4 s, before the server does.
 
-Delete this module when BentoML ships the fixes (check: ``benchmarks/serving.py`` reports 0 errors without it).
+Delete it when BentoML ships the fixes (check: ``benchmarks/serving.py`` reports 0 errors without it).
+
+:func:`balance_accepts` spreads keep-alive connections over the API worker processes. The workers share one
+listening socket and run plain asyncio, whose accept loop takes up to ``backlog`` (2048) waiting connections per
+wake-up: a burst of new connections (32 benchmark clients, a proxy's pool) all landed in the worker that woke first
+and stayed there, leaving the other worker idle (measured: 0.01 ms CPU per request in one, 6 ms in the other, and
+~185 instead of ~285 req/s). Taking one connection per wake-up lets every idle worker take its share.
+
+:func:`cache_mime_types` memoises the media type of each API's output model. BentoML recomputes it for every
+response by generating the model's whole JSON schema (py-spy: a fifth of the model service's busy time at one
+client); it is a constant of the class.
 """
 
 from __future__ import annotations
@@ -68,3 +79,61 @@ def apply() -> None:
     manager._make_client = _make_client
     manager.get_session = get_session
     manager._ukr_hw_patched = True
+
+
+#: pause of a worker's accepting after each new connection, so that the other workers get the next ones
+ACCEPT_PAUSE_S = 0.0005
+
+
+def balance_accepts() -> None:
+    """Accept one connection per wake-up, then pause accepting briefly (see the module docstring)."""
+    from asyncio import selector_events
+
+    loop_class = selector_events.BaseSelectorEventLoop
+    if getattr(loop_class, "_ukr_hw_balanced", False):
+        return
+    original = loop_class._accept_connection
+
+    def _accept_connection(
+        self: Any,
+        protocol_factory: Any,
+        sock: Any,
+        sslcontext: Any = None,
+        server: Any = None,
+        backlog: int = 100,
+        *rest: Any,
+    ) -> None:
+        original(self, protocol_factory, sock, sslcontext, server, 1, *rest)
+        if sock.fileno() < 0 or not self._remove_reader(sock.fileno()):
+            return  # closed, or asyncio itself paused accepting (e.g. out of file descriptors)
+
+        def resume() -> None:
+            if sock.fileno() >= 0 and not self.is_closed():
+                self._add_reader(
+                    sock.fileno(), self._accept_connection, protocol_factory, sock, sslcontext, server, backlog, *rest
+                )
+
+        self.call_later(ACCEPT_PAUSE_S, resume)
+
+    loop_class._accept_connection = _accept_connection
+    loop_class._ukr_hw_balanced = True
+
+
+def cache_mime_types() -> None:
+    """Compute each IO model's media type once instead of once per response (see the module docstring)."""
+    from _bentoml_sdk.io_models import IOMixin
+
+    if getattr(IOMixin, "_ukr_hw_cached", False):
+        return
+    original = IOMixin.mime_type.__func__  # type: ignore[attr-defined]
+    cache: dict[type, str] = {}
+
+    def mime_type(cls: type) -> str:
+        try:
+            return cache[cls]
+        except KeyError:
+            cache[cls] = value = original(cls)
+            return value
+
+    IOMixin.mime_type = classmethod(mime_type)  # type: ignore[method-assign, assignment]
+    IOMixin._ukr_hw_cached = True  # type: ignore[attr-defined]

@@ -48,6 +48,8 @@ from services.bento import bentoml_fixes
 from ukr_hw.settings import get_settings
 
 bentoml_fixes.apply()  # BentoML 1.4.39's inter-service client fails requests in flight under load (see the module)
+bentoml_fixes.balance_accepts()  # keep-alive connections spread over the API workers instead of piling on one
+bentoml_fixes.cache_mime_types()  # BentoML generates a JSON schema per response just to find its media type
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # an unreachable registry must fail fast
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
@@ -153,7 +155,10 @@ def _stored_version(stored: Any) -> str | None:
     return info.labels.get("mlflow_version") or (info.metadata or {}).get("mlflow_version")
 
 
-@bentoml.service(name="ukr-hw-model", workers=1, threads=1, traffic={"timeout": 60})
+# no access log for the internal hop: one call per coalesced batch, and the API's own line records each request
+@bentoml.service(
+    name="ukr-hw-model", workers=1, threads=1, traffic={"timeout": 60}, logging={"access": {"enabled": False}}
+)
 class UkrHwModel:
     """Holds the Predictor; batched ``predict``; follows the registry's champion alias."""
 
@@ -511,6 +516,7 @@ UploadedFile = Optional[Path]  # noqa: UP045 - typing.Optional: BentoML patches 
     name="ukr-hw-api",
     workers=SETTINGS.serve_workers,
     traffic={"timeout": 60, "max_concurrency": 256},
+    logging={"access": {"enabled": SETTINGS.serve_access_log}},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
 )
 class UkrHwApi:
