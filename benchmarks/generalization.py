@@ -15,6 +15,10 @@ dataset plus MNIST), the share of digits predicted as a letter, and the worst cl
 * ``strokes-dark``    sketchpad drawings (dark theme, thick brushes, stronger wobble), unseen seeds;
 * ``finetune-test``   the frozen Rukopys + MNIST test split, when prepared (for comparison).
 
+Fine-tuning also sees drawings from the same stroke generator (``strokes_train.npz``, writer seed
+``settings.seed``), so the two stroke sets measure unseen *writers* of that generator: a proxy for browser
+drawings that flatters the model, not a verdict on real people's handwriting.
+
 The model comes from the registry (``--model-uri``, default the champion) or an MLflow model folder
 (``--model-dir``), through ``ukr_hw.inference.Predictor``.
 """

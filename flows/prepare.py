@@ -1,4 +1,5 @@
-"""The data-prep flow: ingest → (Rukopys clean → glyphs) ∥ (MNIST decode → preprocess) ∥ fonts → split → version.
+"""The data-prep flow: ingest → (Rukopys clean → glyphs) ∥ (MNIST decode → preprocess) ∥ fonts ∥ sketchpad strokes
+→ split → version.
 
 Thin by design: every task is one call into :mod:`ukr_hw.data.steps`. The two data branches and the font
 rendering run concurrently. Warm runs are fast twice over: the expensive steps skip their work when their outputs
@@ -63,6 +64,11 @@ def font_glyphs(settings: Settings) -> int:
     return steps.render_fonts(settings)
 
 
+@task(name="stroke-glyphs", cache_policy=NO_CACHE)
+def stroke_glyphs(settings: Settings) -> int:
+    return steps.render_strokes(settings)
+
+
 @task(name="merge-split", cache_policy=NO_CACHE)
 def merge_split(rukopys_info: dict[str, Any], mnist_info: dict[str, Any], settings: Settings) -> dict[str, int]:
     return steps.merge_and_split(rukopys_info, mnist_info, settings)
@@ -91,13 +97,14 @@ def prepare(mnist_per_class: int | None = None, push: bool = True) -> dict[str, 
     ruk_dir = ingest_rukopys.submit(settings)
     mnist_dir = ingest_mnist.submit(settings)
     fonts = font_glyphs.submit(settings)
+    drawings = stroke_glyphs.submit(settings)
     ruk = glyph_prep.submit(clean_rukopys.submit(ruk_dir), settings)
     digits = mnist_prep.submit(mnist_dir, settings)
     # .result() re-raises a failed branch's own error (a clear message), not a vague "upstream not ready"
     ruk_info, mnist_info = ruk.result(), digits.result()
     sizes = merge_split(ruk_info, mnist_info, settings)
     preview(settings)
-    n_synthetic = fonts.result()
+    n_synthetic, n_strokes = fonts.result(), drawings.result()
     version = dvc_version(settings, push)
     manifest(settings, version)
     return {
@@ -106,6 +113,7 @@ def prepare(mnist_per_class: int | None = None, push: bool = True) -> dict[str, 
         "mnist_train": mnist_info["mnist_train"],
         "mnist_test": mnist_info["mnist_test"],
         "synthetic": n_synthetic,
+        "strokes": n_strokes,
         "data_version": version,
     }
 

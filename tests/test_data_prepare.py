@@ -52,6 +52,9 @@ def test_outputs_manifest_preview_and_dvc(prepared_data):
     assert (d / "preview.png").stat().st_size > 10_000
     assert (d / "bad_rows.csv").read_text().startswith("source,line,file")
     assert (d / "synthetic_train.npz").exists()
+    drawings = load_samples(d / "strokes_train.npz")  # UKR_HW_STROKE_GLYPHS=1: one per symbol × case
+    assert len(drawings) == prepared_data.summary["strokes"] == manifest["splits"]["strokes_train"]["n"] == 76
+    assert set(drawings.source) == {"strokes"} and not set(drawings.id) & set(load_samples(d / "finetune_test.npz").id)
     # DVC: both folders tracked, version = hash of data/processed, pushed to the temp remote
     processed_dvc = yaml.safe_load((prepared_data.root / "data" / "processed.dvc").read_text())
     assert processed_dvc["outs"][0]["md5"] == prepared_data.summary["data_version"] + ".dir"

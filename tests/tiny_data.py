@@ -55,6 +55,7 @@ def write_tiny_processed(processed_dir: Path, n_per_class: int = 6, mnist_per_cl
     save_samples(make_samples(n_per_class, 1), processed_dir / "finetune_train.npz")
     save_samples(make_samples(max(2, n_per_class // 2), 2), processed_dir / "finetune_test.npz")
     save_samples(make_samples(2, 3, source="font"), processed_dir / "synthetic_train.npz")
+    save_samples(make_samples(1, 6, source="strokes"), processed_dir / "strokes_train.npz")
     save_samples(make_samples(mnist_per_class, 4, range(10), "mnist"), processed_dir / "mnist_train.npz")
     save_samples(make_samples(5, 5, range(10), "mnist"), processed_dir / "mnist_test.npz")
     return processed_dir

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 42
     font_glyphs: bool = Field(True, description="Render extra training glyphs from handwriting-style fonts.")
+    stroke_glyphs: int = Field(
+        8,
+        ge=0,
+        description="Sketchpad-style drawings per symbol × case rendered as extra training data (0 = none).",
+    )
     mnist_limit: int | None = Field(None, ge=1, description="Cap the full MNIST train/test arrays (fast tests).")
     prep_workers: int = Field(2, ge=1, description="Processes for glyph/MNIST preprocessing.")
     frozen_test_ids: Path = Field(

@@ -73,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
         "use_synthetic": True,
         "synthetic_limit": None,
         "mnist_limit": 0,  #: MNIST training digits mixed into fine-tuning (keeps digits as good as after pretraining)
+        "use_strokes": True,  #: the rendered sketchpad drawings (strokes_train.npz) join fine-tuning
     },
     "augment": {},  #: fine-tune augmentation, see ukr_hw.model.augment.AugmentConfig (defaults when empty)
 }
@@ -287,6 +288,7 @@ def finetune_datamodule(config: Mapping[str, Any], settings: Settings | None = N
         use_synthetic=f["use_synthetic"],
         synthetic_limit=f.get("synthetic_limit"),
         mnist_limit=int(f.get("mnist_limit") or 0),
+        use_strokes=bool(f.get("use_strokes", True)),
         extra=extra,
         batch_size=f["batch_size"],
         balance_power=f["balance_power"],

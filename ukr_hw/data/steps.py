@@ -27,6 +27,7 @@ DIGITS_CACHE = "mnist_digits.npz"
 MNIST_TRAIN = "mnist_train.npz"
 MNIST_TEST = "mnist_test.npz"
 SYNTHETIC = "synthetic_train.npz"
+STROKES = "strokes_train.npz"
 BAD_ROWS = "bad_rows.csv"
 
 
@@ -143,6 +144,35 @@ def render_fonts(settings: Settings) -> int:
     return len(samples)
 
 
+def render_strokes(settings: Settings) -> int:
+    """Sketchpad-style training drawings → ``strokes_train.npz`` (``settings.stroke_glyphs`` per symbol × case).
+
+    What the browser sends: brush strokes on a transparent canvas, both themes, thin to thick brushes, lowercase
+    drawn smaller than uppercase. Without them the model reads small print-shaped lowercase (в, к, н, т …) as
+    uppercase: case accuracy on unseen-writer drawings 0.65, with them 0.77-0.89 (``benchmarks/generalization.py``,
+    whose writers come from other seeds).
+    """
+    from ukr_hw.data import strokes
+
+    out = settings.processed_dir / STROKES
+    key = stamps.digest(strokes, preprocess_module, settings.seed, settings.stroke_glyphs)
+    if stamps.is_fresh(cache_dir(settings), "strokes", key, [out]):
+        return int(stamps.read_stamp(cache_dir(settings), "strokes")["n"])
+    samples = Samples.empty()
+    if settings.stroke_glyphs:
+        samples = strokes.render_stroke_glyphs(
+            settings,
+            per_symbol=settings.stroke_glyphs,
+            seed=settings.seed,
+            widths=(0.015, 0.07),
+            sizes=(256, 400, 560),
+            variation=1.2,
+        )
+    save_samples(samples, out)
+    stamps.write_stamp(cache_dir(settings), "strokes", key, n=len(samples))
+    return len(samples)
+
+
 def _font_files(settings: Settings) -> list[tuple[str, int]]:
     """The installed font files (path, size): installing or removing a font re-renders."""
     found = []
@@ -178,6 +208,7 @@ def write_manifest(settings: Settings, data_version: str) -> dict[str, Any]:
         "finetune_train": split.TRAIN_FILE,
         "finetune_test": split.TEST_FILE,
         "synthetic_train": SYNTHETIC,
+        "strokes_train": STROKES,
         "mnist_train": MNIST_TRAIN,
         "mnist_test": MNIST_TEST,
     }

@@ -1,9 +1,9 @@
 """Lightning data modules over prepared :class:`~ukr_hw.data.arrays.Samples` (plain in-memory tensors).
 
-* :class:`GlyphDataModule` — fine-tuning: real handwriting (``finetune_train``) + synthetic glyphs (+ feedback),
-  a validation slice carved (stratified, seeded) from the *real* training samples only — never from the frozen
-  ``finetune_test`` split, which is kept for the final evaluation — and class-balanced sampling so the rare
-  classes are seen as often as the common ones.
+* :class:`GlyphDataModule` — fine-tuning: real handwriting (``finetune_train``) + font glyphs + sketchpad drawings
+  (+ feedback), a validation slice carved (stratified, seeded) from the *real* training samples only — never
+  from the frozen ``finetune_test`` split, which is kept for the final evaluation — and class-balanced sampling so
+  the rare classes are seen as often as the common ones.
 * :class:`MnistDataModule` — pretraining on the full MNIST training set, MNIST test as the validation set.
 
 Batches are ``(x uint8 (B,28,28), ink float (B,2), y int64, case int64)``; the LightningModule scales ``x`` to
@@ -115,6 +115,7 @@ class GlyphDataModule(SamplesDataModule):
         use_synthetic: bool = True,
         synthetic_limit: int | None = None,
         mnist_limit: int = 0,
+        use_strokes: bool = True,
         extra: Samples | None = None,
         **kwargs,
     ) -> GlyphDataModule:
@@ -131,6 +132,9 @@ class GlyphDataModule(SamplesDataModule):
             # more digit writers than the ~40 per digit in the merged data; mnist_train holds none of the
             # fine-tune digits (train or frozen test), so nothing leaks into the evaluation
             parts.append(_random_subset(load_samples(mnist_path), int(mnist_limit), seed + 1))
+        strokes_path = processed_dir / "strokes_train.npz"
+        if use_strokes and strokes_path.exists():
+            parts.append(load_samples(strokes_path))  # sketchpad drawings, like what the browser sends
         if extra is not None:
             parts.append(extra)
         return cls(Samples.concat(parts), val, **kwargs)
