@@ -286,7 +286,7 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
             with gr.Tab("Draw", id="draw"), gr.Row(equal_height=False):
                 with gr.Column(scale=5, min_width=320):
                     sketch = gr.Sketchpad(
-                        label="Draw one symbol — big, in the middle",
+                        label="Draw one symbol in the middle — capitals big, lowercase smaller",
                         type="pil",
                         image_mode="RGBA",
                         canvas_size=CANVAS,
@@ -362,7 +362,8 @@ The training data has **no uppercase** samples for: {letters}.
 The model has to guess their capitals from the lowercase shapes — every capital you draw and confirm teaches it.
 
 ### Good to know
-* Draw one symbol per canvas, large and centred. Uppercase is usually drawn bigger than lowercase.
+* Draw one symbol per canvas, centred. Capitals fill most of the canvas, lowercase about half its height: for
+  letters whose two cases have one shape (о/О, с/С, к/К …) size is all the model can go by.
 * Look-alikes are hard: **г/ґ**, **і/ї**, **е/є**, **и/й**, **ш/щ**, **о/0**, **з/3** — draw the marks clearly.
 
 <sub>Recognition service: `{api_url}` · feedback store: `{store}`</sub>
