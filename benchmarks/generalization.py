@@ -13,6 +13,8 @@ dataset plus MNIST), the share of digits predicted as a letter, and the worst cl
   with the same stems.
 * ``strokes-light``   sketchpad drawings (light theme, thin pens) by writer seeds never used in training;
 * ``strokes-dark``    sketchpad drawings (dark theme, thick brushes, stronger wobble), unseen seeds;
+* ``paper-plain``     drawings by unseen writers on tinted, unevenly lit paper, photographed (blur, JPEG);
+* ``paper-squared``   the same on a school notebook's squared paper (grid lines are not ink);
 * ``finetune-test``   the frozen Rukopys + MNIST test split, when prepared (for comparison).
 
 Fine-tuning also sees drawings from the same stroke generator (``strokes_train.npz``, writer seed
@@ -88,6 +90,17 @@ def build_sets(settings: Settings, holdout: list[str] | None, per_symbol: int, s
         sizes=(256, 640),
         variation=1.5,
     )
+    for k, medium in enumerate(("paper", "squared")):
+        sets[f"paper-{'plain' if medium == 'paper' else medium}"] = strokes.render_stroke_glyphs(
+            settings,
+            per_symbol=per_symbol,
+            seed=seed + 3 + k,
+            widths=(0.012, 0.035),
+            sizes=(480, 800, 1200),
+            variation=1.2,
+            medium=medium,
+            source="paper",
+        )
     test_path = settings.processed_dir / "finetune_test.npz"
     if test_path.exists():
         sets["finetune-test"] = load_samples(test_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import numpy as np
@@ -154,3 +155,26 @@ def test_render_stroke_glyphs_labels_and_determinism() -> None:
     assert low < up
     again = strokes.render_stroke_glyphs(get_settings(), per_symbol=2, seed=9, symbols=["ю", "к", "7"])
     assert again.digest() == s.digest()
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_paper_photo_preprocesses_like_the_sketchpad_drawing(squared: bool) -> None:
+    """A phone photo of the drawing on tinted, unevenly lit (squared) paper, blurred and JPEG-compressed, gives
+    the sketchpad's glyph: the grid, the light ramp and the noise are not ink."""
+    from PIL import Image
+
+    layer = strokes.draw_canvas("ж", False, (800, 800), width=18, seed=3)
+    jpeg = strokes.paper_photo(layer, np.random.default_rng(1), squared=squared)
+    photo = Image.open(io.BytesIO(jpeg))
+    assert photo.format == "JPEG" and photo.size == (800, 800) and photo.mode == "RGB"
+    clean = preprocess(strokes.sketchpad_value("ж", False, (800, 800), width=18, seed=3))
+    g = preprocess(jpeg)
+    assert np.abs(g.pixels - clean.pixels).mean() < 0.02  # measured 0.003-0.005 over 10 photos
+    assert np.allclose(g.features, clean.features, atol=0.01)  # same ink box: lowercase stays small
+
+
+def test_render_paper_glyphs() -> None:
+    s = strokes.render_stroke_glyphs(get_settings(), per_symbol=1, seed=9, symbols=["ю", "7"], medium="squared")
+    assert len(s) == 3 and s.id[0].startswith("strokes/")
+    with pytest.raises(ValueError, match="medium"):
+        strokes.render_stroke_glyphs(get_settings(), per_symbol=1, medium="papyrus")  # type: ignore[arg-type]

@@ -6,8 +6,9 @@ handwriting, with its own shapes for а б е р у ф і ї). :func:`stroke_pat
 coordinates (x right, y down, canvas = [0, 1]²; capitals on a cap-height line, lowercase on an x-height, so a
 lowercase letter is drawn smaller on the same canvas, as people do). :func:`draw_canvas` draws them with a round
 brush, per-writer variation (size, slant, rotation, position, wobble) and jitter on a transparent RGBA layer like
-Gradio's sketchpad; :func:`sketchpad_value` wraps it as the Gradio 6 Sketchpad value; :func:`render_stroke_glyphs`
-turns many such drawings into training :class:`Samples` through THE preprocessing function.
+Gradio's sketchpad; :func:`sketchpad_value` wraps it as the Gradio 6 Sketchpad value; :func:`paper_photo` puts it
+on paper as a phone would photograph it; :func:`render_stroke_glyphs` turns many such drawings into
+:class:`Samples` through THE preprocessing function.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ukr_hw.settings import Settings, get_settings
 Point = tuple[float, float]
 Path_ = list[Point]
 Theme = Literal["light", "dark"]
+Medium = Literal["sketchpad", "paper", "squared"]
 
 #: Theme colours: (background RGBA, default brush RGB) as in Gradio's light and dark themes.
 THEMES: dict[str, tuple[tuple[int, int, int, int], tuple[int, int, int]]] = {
@@ -300,6 +302,40 @@ def sketchpad_value(
     }
 
 
+def paper_photo(layer: Image.Image, rng: np.random.Generator, *, squared: bool = False) -> bytes:
+    """A JPEG of the drawing in ``layer`` (RGBA, ink in alpha) as if written on paper and photographed by a phone.
+
+    Tinted paper under uneven light (a brightness ramp of up to ±35 % across the page), sensor noise, pen ink
+    (blue or black, dimmed by the same light), optionally a school notebook's squared grid ("в клітинку") in
+    light blue, then a slight blur and JPEG at quality 55–85.
+    """
+    import io
+
+    from PIL import ImageFilter
+
+    w, h = layer.size
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    gx, gy = rng.uniform(-0.35, 0.35, 2)
+    light = np.clip(0.85 + gx * (xx - 0.5) + gy * (yy - 0.5), 0.5, 1.0)[..., None]
+    paper = np.array([(238, 234, 222), (245, 245, 240), (225, 220, 200)][rng.integers(3)], float)
+    img = paper * light + rng.normal(0, 5, (h, w, 1))
+    if squared:
+        step = max(4, int(w / rng.uniform(6, 10)))
+        grid = np.zeros((h, w, 1), bool)
+        ox, oy = rng.integers(0, step, 2)
+        for k in range(2):  # 2-px lines
+            grid[:, ox + k :: step] = True
+            grid[oy + k :: step, :] = True
+        img = np.where(grid, 0.5 * img + 0.5 * np.array((150, 170, 210), float) * light, img)
+    alpha = np.asarray(layer)[..., 3:4] / 255.0
+    ink = np.array([(25, 35, 110), (30, 30, 30), (40, 60, 160)][rng.integers(3)], float) * light
+    out = np.clip(img * (1 - alpha) + ink * alpha, 0, 255).astype(np.uint8)
+    photo = Image.fromarray(out).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", quality=int(rng.integers(55, 86)))
+    return buf.getvalue()
+
+
 def png_bytes(image: Image.Image) -> bytes:
     """PNG-encode an image (e.g. a :func:`draw_canvas` result to send to the API)."""
     import io
@@ -328,13 +364,18 @@ def render_stroke_glyphs(
     widths: tuple[float, float] = (0.02, 0.06),
     sizes: Sequence[int] = (280, 400),
     variation: float = 1.0,
+    medium: Medium = "sketchpad",
     source: str = "strokes",
 ) -> Samples:
-    """Sketchpad-style drawings of every symbol × case, preprocessed: :class:`Samples` with source ``"strokes"``.
+    """Drawings of every symbol × case, preprocessed: :class:`Samples` with source ``source``.
 
     Each variant is a new "writer" (seeded), brush width a random fraction in ``widths`` of the canvas side,
-    canvas side from ``sizes``, theme alternating over ``themes``; ids ``strokes/<symbol>/<U|L|D>/<k>``.
+    canvas side from ``sizes``; ids ``<source>/<symbol>/<U|L|D>/<k>``. ``medium="sketchpad"`` gives the Gradio
+    Sketchpad value with the theme alternating over ``themes``; ``"paper"`` / ``"squared"`` a phone photo of the
+    drawing on plain / squared paper (:func:`paper_photo`; themes do not apply).
     """
+    if medium not in ("sketchpad", "paper", "squared"):
+        raise ValueError(f"medium must be 'sketchpad', 'paper' or 'squared', not {medium!r}")
     settings = settings or get_settings()
     seed = settings.seed if seed is None else int(seed)
     wanted = None if symbols is None else {normalize_symbol(s) for s in symbols}
@@ -346,15 +387,14 @@ def render_stroke_glyphs(
             rng = _rng(seed, "sample", symbol, case, k)
             side = int(rng.choice(list(sizes)))
             theme = themes[k % len(themes)]
-            value = sketchpad_value(
-                symbol,
-                case == CASE_UPPER,
-                (side, side),
-                width=rng.uniform(*widths) * side,
-                theme=theme,
-                seed=int(rng.integers(2**31)),
-                variation=variation,
-            )
+            args = (symbol, case == CASE_UPPER, (side, side), rng.uniform(*widths) * side, theme)
+            writer = int(rng.integers(2**31))
+            if medium == "sketchpad":
+                value: Any = sketchpad_value(*args, seed=writer, variation=variation)
+            else:
+                value = paper_photo(
+                    draw_canvas(*args, seed=writer, variation=variation), rng, squared=medium == "squared"
+                )
             try:
                 glyph = preprocess(value)
             except PreprocessError:
