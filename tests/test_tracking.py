@@ -135,3 +135,9 @@ def test_worse_model_is_registered_not_promoted_and_better_one_is(champion_model
 def test_promotion_rule(new, champ, promote, words):
     ok, why = tracking.decide_promotion(new, champ, tolerance=0.01)
     assert ok is promote and words in why
+
+
+def test_symbol_rejection_says_how_many_glyphs() -> None:
+    new, champ = {"symbol_accuracy": 0.8967, "case_accuracy": 0.924}, {"symbol_accuracy": 0.9004, "case_accuracy": 0.9}
+    ok, why = tracking.decide_promotion(new, champ, tolerance=0.01, n=271)
+    assert not ok and why == "symbol_accuracy 0.8967 < champion 0.9004 (a gap of 1 of the 271 frozen-test glyphs)"
