@@ -348,9 +348,18 @@ class S3Server:
             config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=30),
         )
 
-    def _ready(self) -> bool:
+    def _ready(self, since: float) -> bool:
+        """S3 answers and the master knows the volumes on disk. Until the volume server's first heartbeat, a
+        restarted server lists buckets but fails every object read with "volume N not found" (seen on a loaded
+        machine); a volume file the server never loads is let go after 15 s rather than blocking the start."""
         self.client().list_buckets()
-        return True
+        url = f"http://{self.host}:{self._ports['master.port']}/dir/status"
+        with urllib.request.urlopen(url, timeout=3) as r:
+            topology = json.loads(r.read())["Topology"]
+        nodes = [node for dc in topology["DataCenters"] for rack in dc["Racks"] for node in rack["DataNodes"]]
+        on_disk = sum(1 for _ in self.data_dir.rglob("*.dat"))
+        known = sum(int(node.get("Volumes", 0)) for node in nodes)
+        return bool(nodes) and (known >= on_disk or time.monotonic() - since > 15)
 
     def env(self) -> dict[str, str]:
         """Environment for S3 clients (boto3, mlflow, dvc) pointing at this server."""
@@ -391,7 +400,8 @@ class S3Server:
         env = {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         self._proc = ManagedProcess("seaweedfs", args, self.log_path, env=env)
         self._proc.start()
-        self._proc.wait_ready(self._ready, timeout, f"S3 at {self.endpoint_url}")
+        since = time.monotonic()
+        self._proc.wait_ready(lambda: self._ready(since), timeout, f"S3 at {self.endpoint_url}")
         for bucket in self.buckets:  # -bucket is best effort across versions: make sure
             self.ensure_bucket(bucket)
         return self
