@@ -22,10 +22,17 @@ from ukr_hw.training import ConfigError, load_config, pretrain
 torch.set_num_threads(1)  # a shared CPU: one thread avoids OpenMP spin-waits
 
 
-def test_forward_contract_shapes():
-    net = build_network({"width": 8, "hidden": 32}).eval()
-    sym, case = net(torch.rand(5, 1, 28, 28), torch.rand(5, 2))
+@pytest.mark.parametrize("ink_to_symbol", [False, True])
+def test_forward_contract_shapes(ink_to_symbol: bool):
+    net = build_network({"width": 8, "hidden": 32, "ink_to_symbol": ink_to_symbol}).eval()
+    x = torch.rand(5, 1, 28, 28)
+    sym, case = net(x, torch.rand(5, 2))
     assert sym.shape == (5, NUM_CLASSES) and case.shape == (5,)
+    # the ink-box size reaches the symbol head only when asked (з vs 3: one shape, other sizes)
+    sym_big, case_big = net(x, torch.full((5, 2), 0.9))
+    sym_small, case_small = net(x, torch.full((5, 2), 0.3))
+    assert torch.equal(sym_big, sym_small) is not ink_to_symbol
+    assert not torch.equal(case_big, case_small)
 
 
 def test_masked_case_loss_ignores_digits():

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 #: Every key a training config may set, with its default. YAML files and overrides are merged over this.
 DEFAULTS: dict[str, Any] = {
     "seed": 42,
-    "net": {"width": 16, "hidden": 128, "dropout": 0.2, "use_ink_features": True},
+    "net": {"width": 16, "hidden": 128, "dropout": 0.2, "use_ink_features": True, "ink_to_symbol": False},
     "trainer": {"accelerator": "cpu", "progress": True, "max_time_s": None},
     "pretrain": {
         "epochs": 5,

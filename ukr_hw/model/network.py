@@ -22,6 +22,7 @@ class NetConfig:
     hidden: int = 128  #: size of the shared embedding
     dropout: float = 0.2
     use_ink_features: bool = True  #: feed the ink-box geometry to the case head
+    ink_to_symbol: bool = False  #: feed it to the symbol head as well (з vs 3, о vs 0: the same shape, other sizes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,8 +62,8 @@ class UkrHwNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Dropout(self.config.dropout),
         )
-        self.symbol_head = nn.Linear(self.config.hidden, NUM_CLASSES)
         n_geo = 2 if self.config.use_ink_features else 0
+        self.symbol_head = nn.Linear(self.config.hidden + (n_geo if self.config.ink_to_symbol else 0), NUM_CLASSES)
         self.case_head = nn.Sequential(
             nn.Linear(self.config.hidden + n_geo, 64), nn.ReLU(inplace=True), nn.Linear(64, 1)
         )
@@ -70,7 +71,7 @@ class UkrHwNet(nn.Module):
     def forward(self, x: torch.Tensor, ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.body(x)
         zc = torch.cat([z, ink], dim=1) if self.config.use_ink_features else z
-        return self.symbol_head(z), self.case_head(zc).squeeze(1)
+        return self.symbol_head(zc if self.config.ink_to_symbol else z), self.case_head(zc).squeeze(1)
 
 
 def build_network(config: NetConfig | dict | None = None) -> UkrHwNet:
