@@ -31,13 +31,13 @@ import numpy as np
 
 from ukr_hw import labels, lineage
 from ukr_hw.data.arrays import Samples, load_samples, save_samples
+from ukr_hw.data.split import TEST_FILE, TRAIN_FILE
 from ukr_hw.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 FEEDBACK_SOURCE = "feedback"
 USER_TEST_FILE = "user_test.npz"
-TRAIN_FILE = "finetune_train.npz"
 #: listing starts this long before the newest sample taken in (clock skew, late spool uploads)
 LISTING_SLACK = timedelta(days=1)
 
@@ -220,7 +220,7 @@ def finetune_from_champion(
     champion_user = evaluate(champion, user) if len(user) and champion is not None else None
     champion_test = None
     if champion is not None:
-        champion_test = evaluate(champion, load_samples(s.processed_dir / "finetune_test.npz"))
+        champion_test = evaluate(champion, load_samples(s.processed_dir / TEST_FILE))
     return {
         "net": net,
         "report": report,

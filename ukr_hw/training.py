@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import yaml
 
+from ukr_hw.data import split, steps
 from ukr_hw.data.arrays import Samples, load_samples
 from ukr_hw.model.evaluate import EvalReport, evaluate, write_reports
 from ukr_hw.model.network import UkrHwNet, build_network
@@ -236,8 +237,8 @@ def pretrain(
     s = settings or get_settings()
     setup_torch(s)
     t0 = time.perf_counter()
-    train = load_samples(s.processed_dir / "mnist_train.npz")
-    test = load_samples(s.processed_dir / "mnist_test.npz")
+    train = load_samples(s.processed_dir / steps.MNIST_TRAIN)
+    test = load_samples(s.processed_dir / steps.MNIST_TEST)
     key = pretrain_key(config, train.digest())
     cache = s.path(s.cache_dir) / f"pretrain-{key}.pt"
     if use_cache and cache.exists():
@@ -337,7 +338,7 @@ def finetune(
     trainer.fit(lit, datamodule=dm)
     net = lit.net.eval()
     train_seconds = time.perf_counter() - t0
-    test = test if test is not None else load_samples(s.processed_dir / "finetune_test.npz")
+    test = test if test is not None else load_samples(s.processed_dir / split.TEST_FILE)
     report = evaluate(net, test)
     report.metrics.update(
         {

@@ -20,6 +20,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from ukr_hw.data.arrays import Samples, load_samples
+from ukr_hw.data.split import TRAIN_FILE
+from ukr_hw.data.steps import MNIST_TEST, MNIST_TRAIN, STROKES, SYNTHETIC
 
 
 def to_dataset(samples: Samples) -> TensorDataset:
@@ -120,19 +122,19 @@ class GlyphDataModule(SamplesDataModule):
         **kwargs,
     ) -> GlyphDataModule:
         processed_dir = Path(processed_dir)
-        real = load_samples(processed_dir / "finetune_train.npz")
+        real = load_samples(processed_dir / TRAIN_FILE)
         train, val = stratified_split(real, val_fraction, seed)
         parts = [train]
-        syn_path = processed_dir / "synthetic_train.npz"
+        syn_path = processed_dir / SYNTHETIC
         if use_synthetic and syn_path.exists():
             syn = load_samples(syn_path)
             parts.append(_random_subset(syn, synthetic_limit, seed))
-        mnist_path = processed_dir / "mnist_train.npz"
+        mnist_path = processed_dir / MNIST_TRAIN
         if mnist_limit > 0 and mnist_path.exists():
             # more digit writers than the ~40 per digit in the merged data; mnist_train holds none of the
             # fine-tune digits (train or frozen test), so nothing leaks into the evaluation
             parts.append(_random_subset(load_samples(mnist_path), int(mnist_limit), seed + 1))
-        strokes_path = processed_dir / "strokes_train.npz"
+        strokes_path = processed_dir / STROKES
         if use_strokes and strokes_path.exists():
             parts.append(load_samples(strokes_path))  # sketchpad drawings, like what the browser sends
         if extra is not None:
@@ -146,6 +148,4 @@ class MnistDataModule(SamplesDataModule):
     @classmethod
     def from_dir(cls, processed_dir: Path, **kwargs) -> MnistDataModule:
         processed_dir = Path(processed_dir)
-        return cls(
-            load_samples(processed_dir / "mnist_train.npz"), load_samples(processed_dir / "mnist_test.npz"), **kwargs
-        )
+        return cls(load_samples(processed_dir / MNIST_TRAIN), load_samples(processed_dir / MNIST_TEST), **kwargs)
