@@ -132,6 +132,37 @@ def test_stratified_split_and_balanced_weights():
     assert np.isclose(w[y == 0].sum(), w[y == 1].sum())
 
 
+def test_source_weights_tilt_a_class_towards_a_source_without_changing_class_balance():
+    y = np.array([0] * 90 + [1] * 10)
+    source = np.array(["font"] * 60 + ["rukopys"] * 30 + ["font"] * 5 + ["rukopys"] * 5)
+    w = balanced_weights(y, 1.0, source, {"rukopys": 3}).numpy()
+    assert np.isclose(w[y == 0].sum(), 0.5) and np.isclose(w[y == 1].sum(), 0.5)  # classes still equally often
+    assert np.allclose(w[source == "rukopys"][:1] / w[source == "font"][:1], 3.0)  # 3× per sample within a class
+    assert np.allclose(balanced_weights(y, 1.0, source, {}).numpy(), balanced_weights(y, 1.0).numpy())
+    with pytest.raises(ValueError, match="must be > 0"):
+        balanced_weights(y, 1.0, source, {"font": 0})
+
+
+def test_glyph_datamodule_draws_by_source_weight(tmp_path):
+    processed = write_tiny_processed(tmp_path / "processed")
+
+    def font_share(weights: dict[str, float]) -> float:
+        dm = GlyphDataModule.from_dir(
+            processed,
+            val_fraction=0.2,
+            seed=0,
+            batch_size=64,
+            epoch_size=4096,
+            balance_power=1.0,
+            source_weights=weights,
+        )
+        torch.manual_seed(0)
+        drawn = np.fromiter(iter(dm.train_dataloader().sampler), dtype=np.int64)
+        return float((dm.train_samples.source[drawn] == "font").mean())
+
+    assert font_share({"font": 10}) > font_share({}) + 0.2
+
+
 def test_glyph_datamodule_never_uses_frozen_test(tmp_path):
     processed = write_tiny_processed(tmp_path / "processed")
     dm = GlyphDataModule.from_dir(processed, val_fraction=0.2, seed=0, batch_size=16, balance_power=1.0)

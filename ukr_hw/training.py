@@ -70,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
         "case_weight": 1.0,
         "dropout": None,  #: overrides net.dropout for fine-tuning when set
         "balance_power": 1.0,
+        "source_weights": {},  #: draw weight per sample source within a class, e.g. {"rukopys": 3} (default 1)
         "val_fraction": 0.15,
         "use_synthetic": True,
         "synthetic_limit": None,
@@ -293,6 +294,7 @@ def finetune_datamodule(config: Mapping[str, Any], settings: Settings | None = N
         extra=extra,
         batch_size=f["batch_size"],
         balance_power=f["balance_power"],
+        source_weights=f.get("source_weights") or {},
         epoch_size=f.get("epoch_size"),
     )
 

@@ -3,7 +3,8 @@
 * :class:`GlyphDataModule` — fine-tuning: real handwriting (``finetune_train``) + font glyphs + sketchpad drawings
   (+ feedback), a validation slice carved (stratified, seeded) from the *real* training samples only — never
   from the frozen ``finetune_test`` split, which is kept for the final evaluation — and class-balanced sampling so
-  the rare classes are seen as often as the common ones.
+  the rare classes are seen as often as the common ones, tilted within each class towards real handwriting
+  (``finetune.source_weights``).
 * :class:`MnistDataModule` — pretraining on the full MNIST training set, MNIST test as the validation set.
 
 Batches are ``(x uint8 (B,28,28), ink float (B,2), y int64, case int64)``; the LightningModule scales ``x`` to
@@ -12,6 +13,7 @@ Batches are ``(x uint8 (B,28,28), ink float (B,2), y int64, case int64)``; the L
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
@@ -52,10 +54,34 @@ def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samp
     return samples.subset(np.flatnonzero(mask)), samples.subset(val)
 
 
-def balanced_weights(y: np.ndarray, power: float = 1.0) -> torch.Tensor:
-    """Per-sample weights ∝ count(class)^-power (1.0: every class equally often; 0: the natural mix)."""
-    counts = np.bincount(y, minlength=int(y.max()) + 1 if len(y) else 1).astype(np.float64)
-    w = counts[y] ** -power
+def balanced_weights(
+    y: np.ndarray,
+    power: float = 1.0,
+    source: np.ndarray | None = None,
+    source_weights: Mapping[str, float] | None = None,
+) -> torch.Tensor:
+    """Per-sample draw weights: class ``c`` gets a share ∝ count(c)^(1-power) (1.0: every class equally often; 0:
+    the natural mix), split among its samples in proportion to their source's weight (default 1).
+
+    ``source_weights`` tilts each class towards some sources without changing how often the class is drawn: with
+    ``{"rukopys": 3}`` a real handwritten «ж» is drawn 3× as often as one font-rendered «ж».
+    """
+    y = np.asarray(y, dtype=np.int64)
+    n_classes = int(y.max()) + 1 if len(y) else 1
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    if source_weights:
+        if source is None or len(source) != len(y):
+            raise ValueError("source_weights needs one source name per sample")
+        bad = {k: v for k, v in source_weights.items() if not float(v) > 0}
+        if bad:
+            raise ValueError(f"source weights must be > 0, got {bad}; leave a source out to keep its weight 1")
+        names, inverse = np.unique(np.asarray(source).astype(str), return_inverse=True)
+        sw = np.array([float(source_weights.get(name, 1.0)) for name in names])[inverse]
+    else:
+        sw = np.ones(len(y))
+    class_share = np.zeros(n_classes)
+    np.power(counts, 1.0 - power, out=class_share, where=counts > 0)
+    w = class_share[y] * sw / np.bincount(y, weights=sw, minlength=n_classes)[y]
     return torch.as_tensor(w / w.sum(), dtype=torch.double)
 
 
@@ -76,6 +102,7 @@ class SamplesDataModule(L.LightningDataModule):
         *,
         batch_size: int = 64,
         balance_power: float = 0.0,
+        source_weights: Mapping[str, float] | None = None,
         epoch_size: int | None = None,
         eval_batch_size: int = 1024,
     ) -> None:
@@ -86,6 +113,7 @@ class SamplesDataModule(L.LightningDataModule):
         self.val_samples = val
         self.batch_size = int(batch_size)
         self.balance_power = float(balance_power)
+        self.source_weights = dict(source_weights or {})
         self.epoch_size = epoch_size
         self.eval_batch_size = eval_batch_size
 
@@ -93,8 +121,9 @@ class SamplesDataModule(L.LightningDataModule):
         ds = to_dataset(self.train_samples)
         n = int(self.epoch_size or len(ds))
         bs = min(self.batch_size, n)
-        if self.balance_power > 0:
-            sampler = WeightedRandomSampler(balanced_weights(self.train_samples.y, self.balance_power), n)
+        if self.balance_power > 0 or self.source_weights:
+            s = self.train_samples
+            sampler = WeightedRandomSampler(balanced_weights(s.y, self.balance_power, s.source, self.source_weights), n)
             return DataLoader(ds, batch_size=bs, sampler=sampler, drop_last=n >= 2 * bs, num_workers=0)
         return DataLoader(ds, batch_size=bs, shuffle=True, drop_last=len(ds) >= 2 * bs, num_workers=0)
 
