@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ukr_hw.data import fonts, strokes  # noqa: E402
+from ukr_hw.data import fonts, split, strokes  # noqa: E402
 from ukr_hw.data.arrays import Samples, load_samples  # noqa: E402
 from ukr_hw.labels import CASE_NONE, NUM_CLASSES, SYMBOLS  # noqa: E402
 from ukr_hw.settings import Settings, get_settings  # noqa: E402
@@ -101,7 +101,7 @@ def build_sets(settings: Settings, holdout: list[str] | None, per_symbol: int, s
             medium=medium,
             source="paper",
         )
-    test_path = settings.processed_dir / "finetune_test.npz"
+    test_path = settings.processed_dir / split.TEST_FILE
     if test_path.exists():
         sets["finetune-test"] = load_samples(test_path)
     return sets

@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ukr_hw import training
+from ukr_hw.data.split import TRAIN_FILE
 from ukr_hw.labels import LOOKALIKE_PAIRS
 from ukr_hw.settings import get_settings
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, float] = {}
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
 
-    if args.prepare or not (settings.processed_dir / "finetune_train.npz").exists():
+    if args.prepare or not (settings.processed_dir / TRAIN_FILE).exists():
         from flows.prepare import prepare
 
         t = time.perf_counter()
