@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     # Prefect's embedded server phones home on start; on a fresh SQLite home that races its own migrations and
     # prints a "database is locked" traceback. Opt out unless the user decided otherwise.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # On a new machine the embedded server first builds its SQLite database (~20-40 s on 2 cores), longer than
+    # Prefect's 20 s start-up wait: the very first `ukr-hw pipeline` failed with "Timed out while attempting to
+    # connect to ephemeral Prefect API server". Wait longer; a server that never comes up still fails.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
