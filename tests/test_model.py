@@ -35,6 +35,22 @@ def test_forward_contract_shapes(ink_to_symbol: bool):
     assert not torch.equal(case_big, case_small)
 
 
+def test_channels_last_layout_changes_speed_not_results():
+    """The network runs NHWC (faster on a CPU); weights saved in NCHW (older logged models) load and agree."""
+    torch.manual_seed(0)
+    net = build_network({"width": 8, "hidden": 32}).eval()
+    assert net.body[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    nchw = build_network({"width": 8, "hidden": 32}).set_memory_format(torch.contiguous_format).eval()
+    nchw.load_state_dict({k: v.contiguous() for k, v in net.state_dict().items()})
+    reloaded = build_network({"width": 8, "hidden": 32}).eval()
+    reloaded.load_state_dict(nchw.state_dict())
+    assert reloaded.body[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    x, ink = torch.rand(6, 1, 28, 28), torch.rand(6, 2)
+    for other in (nchw, reloaded):
+        for a, b in zip(net(x, ink), other(x, ink), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_masked_case_loss_ignores_digits():
     logits = torch.tensor([5.0, -5.0, 100.0, -100.0], requires_grad=True)
     case = torch.tensor([1, 0, -1, -1])  # two letters (correct, confident), two digits with wild logits

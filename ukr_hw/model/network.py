@@ -67,9 +67,19 @@ class UkrHwNet(nn.Module):
         self.case_head = nn.Sequential(
             nn.Linear(self.config.hidden + n_geo, 64), nn.ReLU(inplace=True), nn.Linear(64, 1)
         )
+        self.set_memory_format(torch.channels_last)
+
+    def set_memory_format(self, memory_format: torch.memory_format) -> UkrHwNet:
+        """Lay out the convolutions' weights and inputs as ``channels_last`` (NHWC, the default) or NCHW.
+
+        NHWC is faster on a CPU: see ``benchmarks/network_speed.py``. The weights keep their layout through
+        ``load_state_dict`` and the results are the same either way; this only exists to be measured.
+        """
+        self.memory_format = memory_format
+        return self.to(memory_format=memory_format)
 
     def forward(self, x: torch.Tensor, ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.body(x)
+        z = self.body(x.contiguous(memory_format=self.memory_format))
         zc = torch.cat([z, ink], dim=1) if self.config.use_ink_features else z
         return self.symbol_head(zc if self.config.ink_to_symbol else z), self.case_head(zc).squeeze(1)
 

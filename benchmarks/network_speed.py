@@ -1,0 +1,98 @@
+"""Network speed on this CPU: a training step and inference, NHWC (``channels_last``, the default) against NCHW.
+
+    .venv/bin/python benchmarks/network_speed.py [--rounds 5] [--threads 2]
+
+Times one AdamW training step (forward, both losses' stand-in, backward, update) at the fine-tune (64) and
+pretrain (256) batch sizes, and inference at 1, 64 and 256 images, for the configured network
+(``configs/train.yaml`` ``net``). The two layouts are measured in alternating rounds and each figure is the median
+over rounds, so a noisy machine shifts both alike; compare the ratio column. Both layouts give the same outputs
+(checked here, to 1e-4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ukr_hw.model.network import UkrHwNet, build_network  # noqa: E402
+from ukr_hw.training import load_config  # noqa: E402
+
+LAYOUTS = {"NHWC": torch.channels_last, "NCHW": torch.contiguous_format}
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()  # warm-up: oneDNN picks its kernels on the first call
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats * 1000.0
+
+
+def train_step_ms(net: UkrHwNet, batch: int, repeats: int) -> float:
+    net.train()
+    x, ink = torch.rand(batch, 1, 28, 28), torch.rand(batch, 2)
+    y, case = torch.randint(0, 43, (batch,)), torch.randint(0, 2, (batch,)).float()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+
+    def step() -> None:
+        sym, case_logit = net(x, ink)
+        loss = F.cross_entropy(sym, y) + F.binary_cross_entropy_with_logits(case_logit, case)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return _timed(step, repeats)
+
+
+@torch.inference_mode()
+def infer_ms(net: UkrHwNet, batch: int, repeats: int) -> float:
+    net.eval()
+    x, ink = torch.rand(batch, 1, 28, 28), torch.rand(batch, 2)
+    return _timed(lambda: net(x, ink), repeats)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per layout (median reported)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    base = build_network(load_config(REPO / "configs" / "train.yaml")["net"]).eval()
+    nets = {name: copy.deepcopy(base).set_memory_format(fmt) for name, fmt in LAYOUTS.items()}
+    x, ink = torch.rand(64, 1, 28, 28), torch.rand(64, 2)
+    with torch.inference_mode():
+        a, b = (nets[name](x, ink)[0] for name in LAYOUTS)
+    print(f"same outputs in both layouts: max |diff| = {float((a - b).abs().max()):.2e}")
+
+    cases = [("train step", 64, 20), ("train step", 256, 8), ("inference", 1, 200), ("inference", 64, 50)]
+    cases.append(("inference", 256, 20))
+    times: dict[tuple[str, int, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for what, batch, repeats in cases:
+            for name in LAYOUTS:
+                net = copy.deepcopy(nets[name])  # a fresh optimiser state each round, same weights
+                fn = train_step_ms if what == "train step" else infer_ms
+                times.setdefault((what, batch, name), []).append(fn(net, batch, repeats))
+
+    print(f"{'':12s} {'batch':>5s} {'NHWC ms':>9s} {'NCHW ms':>9s} {'NCHW/NHWC':>9s}  {'NHWC img/s':>10s}")
+    for what, batch, _ in cases:
+        nhwc = statistics.median(times[(what, batch, "NHWC")])
+        nchw = statistics.median(times[(what, batch, "NCHW")])
+        print(f"{what:12s} {batch:5d} {nhwc:9.2f} {nchw:9.2f} {nchw / nhwc:8.2f}x  {batch / nhwc * 1000:10.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
