@@ -12,7 +12,7 @@ from tests.tiny_data import make_samples, write_tiny_processed
 from ukr_hw.data.arrays import Samples
 from ukr_hw.labels import NUM_CLASSES, index_of
 from ukr_hw.model.augment import AugmentConfig, augment_batch, change_thickness
-from ukr_hw.model.datamodule import GlyphDataModule, balanced_weights, stratified_split
+from ukr_hw.model.datamodule import GlyphDataModule, SamplesDataModule, balanced_weights, stratified_split
 from ukr_hw.model.evaluate import evaluate, write_reports
 from ukr_hw.model.lit import LitUkrHw, masked_case_loss, to_input
 from ukr_hw.model.network import build_network
@@ -146,6 +146,14 @@ def test_stratified_split_and_balanced_weights():
     y = np.array([0] * 90 + [1] * 10)
     w = balanced_weights(y, 1.0).numpy()
     assert np.isclose(w[y == 0].sum(), w[y == 1].sum())
+
+
+def test_epoch_size_sets_the_samples_per_epoch_with_or_without_balancing():
+    s = make_samples(3, seed=2)  # 129 samples
+    for power in (0.0, 1.0):
+        dm = SamplesDataModule(s, batch_size=16, balance_power=power, epoch_size=48)
+        assert sum(len(batch[0]) for batch in dm.train_dataloader()) == 48
+    assert sum(len(b[0]) for b in SamplesDataModule(s, batch_size=16).train_dataloader()) == 128  # whole, drop_last
 
 
 def test_source_weights_tilt_a_class_towards_a_source_without_changing_class_balance():

@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset, WeightedRandomSampler
 
 from ukr_hw.data.arrays import Samples, load_samples
 from ukr_hw.data.split import TRAIN_FILE
@@ -125,7 +125,8 @@ class SamplesDataModule(L.LightningDataModule):
             s = self.train_samples
             sampler = WeightedRandomSampler(balanced_weights(s.y, self.balance_power, s.source, self.source_weights), n)
             return DataLoader(ds, batch_size=bs, sampler=sampler, drop_last=n >= 2 * bs, num_workers=0)
-        return DataLoader(ds, batch_size=bs, shuffle=True, drop_last=len(ds) >= 2 * bs, num_workers=0)
+        sampler = RandomSampler(ds, num_samples=n) if n != len(ds) else None  # epoch_size without balancing
+        return DataLoader(ds, batch_size=bs, shuffle=sampler is None, sampler=sampler, drop_last=n >= 2 * bs)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_samples is None or len(self.val_samples) == 0:
