@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
 import uuid
 
 import pytest
@@ -121,6 +123,16 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 240):
     return subprocess.run(
         [exe, "stack", *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
     )
+
+
+def test_kill_group_reaps_its_own_child_without_waiting_out_the_timeout() -> None:
+    """A service this process started (tests, ``ukr-hw up``) exits on SIGTERM but stays a zombie until reaped;
+    stopping it must not wait the full timeout (it made the end-to-end test's teardown 90 s)."""
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    started = time.monotonic()
+    stack.kill_group(proc.pid, timeout=120)
+    assert time.monotonic() - started < 30  # the bug waits all 120 s
+    assert proc.poll() is not None and not stack._group_alive(proc.pid)
 
 
 def test_expand_adds_what_services_need() -> None:

@@ -205,6 +205,10 @@ class ManagedProcess:
 
 
 def _group_alive(pgid: int) -> bool:
+    # A leader that is our own child stays a zombie until reaped, and a zombie keeps its group "alive": without
+    # this, stopping a service this process started (``Stack.down`` in tests) waited out the whole timeout.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
