@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler, TensorDataset, WeightedRandomSampler
 
 from ukr_hw.data.arrays import Samples, load_samples
 from ukr_hw.data.split import TRAIN_FILE
@@ -121,12 +121,15 @@ class SamplesDataModule(L.LightningDataModule):
         ds = to_dataset(self.train_samples)
         n = int(self.epoch_size or len(ds))
         bs = min(self.batch_size, n)
+        s = self.train_samples
+        sampler: Sampler[int] | None = None  # None: one shuffled pass over every sample
         if self.balance_power > 0 or self.source_weights:
-            s = self.train_samples
             sampler = WeightedRandomSampler(balanced_weights(s.y, self.balance_power, s.source, self.source_weights), n)
-            return DataLoader(ds, batch_size=bs, sampler=sampler, drop_last=n >= 2 * bs, num_workers=0)
-        sampler = RandomSampler(ds, num_samples=n) if n != len(ds) else None  # epoch_size without balancing
-        return DataLoader(ds, batch_size=bs, shuffle=sampler is None, sampler=sampler, drop_last=n >= 2 * bs)
+        elif n != len(ds):
+            sampler = RandomSampler(ds, num_samples=n)
+        return DataLoader(
+            ds, batch_size=bs, shuffle=sampler is None, sampler=sampler, drop_last=n >= 2 * bs, num_workers=0
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_samples is None or len(self.val_samples) == 0:
