@@ -1,0 +1,115 @@
+"""Compare fine-tune recipes on one pretrained body, over fine-tune seeds, on the frozen split and on other writers.
+
+    nice .venv/bin/python benchmarks/recipe.py --tag baseline
+    nice .venv/bin/python benchmarks/recipe.py --tag dropout03 --set finetune.dropout=0.3
+    nice .venv/bin/python benchmarks/recipe.py --tag base --ensemble      # also the seeds' averaged probabilities
+
+Holds the pretrained body fixed (``--body``, cached by ``ukr_hw.training.pretrain``) and fine-tunes once per
+``--seeds`` value, so the spread printed is the fine-tune's alone. Each model is scored on the frozen test split
+and on the held-out sets of ``benchmarks/generalization.py`` (fonts no training set has, sketchpad drawings and
+paper photos by unseen writer seeds). Prints one row per set, mean over seeds: symbol / case accuracy, and for the
+frozen split the share of letters read as digits. Each seed trains one network (``finetune.members=1``);
+``--ensemble`` adds the row of the seeds' averaged probabilities, i.e. what ``finetune.members`` = number of seeds
+serves. Results go to ``data/reports/recipes/<tag>.json`` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from generalization import build_sets, score  # noqa: E402
+
+from ukr_hw import training  # noqa: E402
+from ukr_hw.data import split  # noqa: E402
+from ukr_hw.data.arrays import load_samples  # noqa: E402
+from ukr_hw.model.evaluate import predict_samples  # noqa: E402
+from ukr_hw.settings import get_settings  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tag", required=True, help="name of this recipe in the output")
+    ap.add_argument("--config", type=Path, default=REPO / "configs/train.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fine-tune config override")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 13], help="fine-tune seeds")
+    ap.add_argument("--body", type=int, default=42, help="seed of the pretrained body (cached)")
+    ap.add_argument("--ensemble", action="store_true", help="also score the seeds' averaged probabilities")
+    ap.add_argument("--sets-cache", type=Path, default=REPO / "data/cache/recipe-sets")
+    args = ap.parse_args(argv)
+
+    settings = get_settings()
+    overrides = {"finetune.members": "1"} | dict(s.split("=", 1) for s in args.set)  # a seed is one network
+    body_config = training.load_config(args.config, {"seed": str(args.body)})
+    body, pre = training.pretrain(body_config, settings)
+    print(f"body seed {args.body}: MNIST test accuracy {pre['mnist_test_accuracy']:.4f}", flush=True)
+
+    sets = _sets(settings, args.sets_cache)
+    names = list(sets)
+    per_seed: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
+    rows: dict[str, list[dict]] = {n: [] for n in names}
+    for seed in args.seeds:
+        config = training.load_config(args.config, overrides | {"seed": str(seed)})
+        t = time.perf_counter()
+        net, report = training.finetune(config, settings, init=body)
+        outs = {n: predict_samples(net, sets[n]) for n in names}
+        per_seed.append(outs)
+        for n in names:
+            rows[n].append(score(*outs[n], sets[n]))
+        line = "  ".join(f"{n} {rows[n][-1]['symbol_accuracy']:.3f}/{rows[n][-1]['case_accuracy']:.3f}" for n in names)
+        print(f"seed {seed} ({time.perf_counter() - t:.0f} s, best epoch {report.metrics['best_epoch']:.0f}): {line}")
+
+    result: dict[str, dict] = {"tag": args.tag, "overrides": overrides, "body": args.body, "seeds": args.seeds}
+    print(f"\n{args.tag}: mean over seeds {args.seeds} (symbol / case; frozen: letters read as digits)")
+    for n in names:
+        sym = np.array([r["symbol_accuracy"] for r in rows[n]])
+        case = np.array([r["case_accuracy"] for r in rows[n]])
+        l2d = np.array([r["letters_as_digits"] for r in rows[n]])
+        result[n] = {"symbol": sym.tolist(), "case": case.tolist(), "letters_as_digits": l2d.tolist()}
+        extra = f" / {l2d.mean():.1%}" if n == "finetune-test" else ""
+        sd = sym.std(ddof=1) if len(sym) > 1 else 0.0
+        print(f"  {n:16} {sym.mean():.3f} / {case.mean():.3f}{extra}   (symbol sd {sd:.3f})")
+    if args.ensemble and len(per_seed) > 1:
+        print(f"{args.tag}: ensemble of {len(per_seed)} (averaged probabilities)")
+        for n in names:
+            probs = np.mean([o[n][0] for o in per_seed], axis=0)
+            case_p = np.mean([o[n][1] for o in per_seed], axis=0)
+            r = score(probs, case_p, sets[n])
+            result[n]["ensemble"] = [r["symbol_accuracy"], r["case_accuracy"], r["letters_as_digits"]]
+            extra = f" / {r['letters_as_digits']:.1%}" if n == "finetune-test" else ""
+            print(f"  {n:16} {r['symbol_accuracy']:.3f} / {r['case_accuracy']:.3f}{extra}")
+    out = REPO / "data/reports/recipes" / f"{args.tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _sets(settings, cache: Path) -> dict:
+    """The frozen split plus the generalisation sets (built once, then read from the ``cache`` folder)."""
+    from ukr_hw.data.arrays import save_samples
+
+    test = load_samples(settings.processed_dir / split.TEST_FILE)
+    index = cache / "sets.json"
+    if index.exists():
+        sets = {n: load_samples(cache / f"{n}.npz") for n in json.loads(index.read_text())}
+    else:
+        sets = build_sets(settings, None, per_symbol=2, seed=1000)
+        sets.pop("finetune-test", None)
+        cache.mkdir(parents=True, exist_ok=True)
+        for n, s in sets.items():
+            save_samples(s, cache / f"{n}.npz")
+        index.write_text(json.dumps(list(sets)))
+    return {"finetune-test": test, **sets}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
