@@ -24,8 +24,8 @@ def pretrain_task(config: dict, settings: Settings) -> tuple[Any, dict]:
 
 
 @task(name="finetune", cache_policy=NO_CACHE)
-def finetune_task(config: dict, settings: Settings, init: Any, logger: Any = None) -> tuple[Any, Any]:
-    return training.finetune(config, settings, init=init, logger=logger)
+def finetune_task(config: dict, settings: Settings, init: Any, make_logger: Any = None) -> tuple[Any, Any]:
+    return training.finetune(config, settings, init=init, make_logger=make_logger)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -50,7 +50,7 @@ def train(config_path: Path = Path("configs/train.yaml"), overrides: dict | None
         net, pre = pretrain_task(config, settings)
         mlflow.log_metric("pretrain_mnist_test_accuracy", pre["mnist_test_accuracy"])
         mlflow.set_tag("pretrain_cached", str(pre["cached"]))
-        net, report = finetune_task(config, settings, net, tracking.lightning_logger(settings))
+        net, report = finetune_task(config, settings, net, tracking.logger_factory(settings))
         reports = evaluate_task(report, settings)
         reg = register_task(net, report, data_version, params)
     print(f"test: {report.summary()}")

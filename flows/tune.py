@@ -51,6 +51,7 @@ def tune(
         def objective(trial: optuna.Trial) -> float:
             params = tuning.suggest(trial, tune_cfg["space"])
             config = tuning.load_config_from(base, params)
+            config["finetune"]["members"] = 1  # a trial is one network: pruning follows one training curve
             tags = {"optuna_study": study_name, "optuna_trial": trial.number}
             with tracking.start_run(f"trial-{trial.number}", nested=True, tags=tags, settings=settings):
                 mlflow.log_params(params)
@@ -60,7 +61,7 @@ def tune(
                         settings,
                         init=init,
                         callbacks=[tuning.OptunaPruning(trial, metric)],
-                        logger=tracking.lightning_logger(settings),
+                        make_logger=tracking.logger_factory(settings),
                     )
                 except optuna.TrialPruned:
                     mlflow.set_tag("optuna_state", "PRUNED")

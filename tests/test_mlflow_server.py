@@ -34,7 +34,7 @@ def test_register_promote_and_predict_through_mlflow_server(
 
     net = copy.deepcopy(champion_model.net)
     with tracking.start_run("server-finetune", data_version=champion_model.data_version) as run:
-        net = train_net(net, champion_model.processed, epochs=1, logger=tracking.lightning_logger())
+        net = train_net(net, champion_model.processed, epochs=1, make_logger=tracking.logger_factory())
         report = evaluate(net, champion_model.test)
         reg = tracking.log_model_and_register(
             net, report=report, data_version=champion_model.data_version, params={"epochs": 1, **NET}

@@ -15,7 +15,7 @@ from ukr_hw.model.augment import AugmentConfig, augment_batch, change_thickness
 from ukr_hw.model.datamodule import GlyphDataModule, SamplesDataModule, balanced_weights, stratified_split
 from ukr_hw.model.evaluate import evaluate, write_reports
 from ukr_hw.model.lit import LitUkrHw, masked_case_loss, to_input
-from ukr_hw.model.network import build_network
+from ukr_hw.model.network import EnsembleNet, build_network, member_nets, network_config
 from ukr_hw.settings import get_settings
 from ukr_hw.training import ConfigError, load_config, pretrain
 
@@ -49,6 +49,32 @@ def test_channels_last_layout_changes_speed_not_results():
     for other in (nchw, reloaded):
         for a, b in zip(net(x, ink), other(x, ink), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_ensemble_answers_with_its_members_averaged_probabilities_and_round_trips():
+    torch.manual_seed(0)
+    members = [build_network({"width": 4, "hidden": 16}).eval() for _ in range(3)]
+    ens = EnsembleNet(members).eval()
+    x, ink = torch.rand(7, 1, 28, 28), torch.rand(7, 2)
+    with torch.no_grad():
+        sym, case = ens(x, ink)
+        outs = [m(x, ink) for m in members]
+    mean_probs = torch.stack([torch.softmax(s, 1) for s, _ in outs]).mean(0)
+    mean_upper = torch.stack([torch.sigmoid(c) for _, c in outs]).mean(0)
+    torch.testing.assert_close(torch.softmax(sym, 1), mean_probs)  # same contract: logits in, softmax gives probs
+    torch.testing.assert_close(torch.sigmoid(case), mean_upper)
+    assert not torch.allclose(mean_probs, torch.softmax(outs[0][0], 1))  # the members really differ
+
+    config = network_config(ens)  # what a logged model's config.json holds
+    assert config["members"] == 3 and config["width"] == 4
+    rebuilt = build_network(json.loads(json.dumps(config))).eval()
+    rebuilt.load_state_dict(ens.state_dict())
+    assert isinstance(rebuilt, EnsembleNet) and len(member_nets(rebuilt)) == 3
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x, ink)[0], sym)
+    assert "members" not in network_config(members[0]) and member_nets(members[0]) == [members[0]]
+    with pytest.raises(ValueError, match="at least one member"):
+        EnsembleNet([])
 
 
 def test_masked_case_loss_ignores_digits():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.tiny_data import write_tiny_processed
@@ -56,6 +57,34 @@ def test_train_flow_logs_run_registers_and_caches_pretrain(tiny_project):
     # same seed, same data, same config: same result, so the promotion rule (>=) promotes it
     assert second["metrics"]["symbol_accuracy"] == pytest.approx(first["metrics"]["symbol_accuracy"])
     assert second["promoted"] is True
+
+
+def test_train_flow_fine_tunes_logs_and_registers_an_ensemble(tiny_project):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from flows.train import train
+    from ukr_hw.data.arrays import load_samples
+    from ukr_hw.data.split import TEST_FILE
+    from ukr_hw.inference import Predictor
+    from ukr_hw.model.network import EnsembleNet
+
+    out = train(config_path=TINY, overrides={"finetune.epochs": "1", "finetune.members": "2"})
+    assert out["promoted"] is True
+    m = out["metrics"]
+    assert {"member0_symbol_accuracy", "member1_symbol_accuracy", "member1_case_accuracy"} <= m.keys()
+
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
+    run = MlflowClient().get_run(out["run_id"])
+    # each member's per-epoch curve is logged apart (seeds 0 and 1), next to the ensemble's test figures
+    assert {"member0-val/score", "member1-val/score", "test_member1_symbol_accuracy"} <= run.data.metrics.keys()
+
+    predictor = Predictor.from_uri()  # the champion, rebuilt from config.json + state_dict: both members
+    assert isinstance(predictor.net, EnsembleNet) and len(predictor.net.members) == 2
+    test = load_samples(tiny_project / "data" / "processed" / TEST_FILE)
+    probs, _ = predictor.predict_arrays(test.x, test.ink)
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert float((probs.argmax(1) == test.y).mean()) == pytest.approx(m["symbol_accuracy"], abs=1e-4)
 
 
 def test_train_flow_rejects_bad_override(tiny_project):

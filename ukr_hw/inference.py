@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ukr_hw.labels import NUM_CLASSES, has_case, symbol_of
-from ukr_hw.model.network import UkrHwNet, build_network
+from ukr_hw.model.network import Network, build_network
 from ukr_hw.settings import Settings, get_settings
 
 TOP_K = 5
@@ -90,7 +90,7 @@ def _find(root: Path, name: str) -> Path:
     return hits[0]
 
 
-def load_net_from_dir(model_dir: Path | str) -> UkrHwNet:
+def load_net_from_dir(model_dir: Path | str) -> Network:
     """Rebuild the network from a logged model's folder (``config.json`` + ``state_dict.pt`` anywhere below)."""
     root = Path(model_dir)
     config = json.loads(_find(root, CONFIG_FILE).read_text())
@@ -100,7 +100,7 @@ def load_net_from_dir(model_dir: Path | str) -> UkrHwNet:
     return net.eval()
 
 
-def load_net(model_uri: str | None = None, settings: Settings | None = None) -> tuple[UkrHwNet, str | None]:
+def load_net(model_uri: str | None = None, settings: Settings | None = None) -> tuple[Network, str | None]:
     """``(net, version)`` for a model URI (default: the champion). Accepts ``models:/…``, ``runs:/…`` and paths."""
     import mlflow.artifacts
 

@@ -17,7 +17,7 @@ import json
 import math
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,32 +142,38 @@ def start_run(
         yield run
 
 
-def lightning_logger(settings: Settings | None = None, **kwargs: Any) -> Any:
-    """A Lightning ``MLFlowLogger`` writing into the active run (per-epoch metrics land in the same run).
+def logger_factory(settings: Settings | None = None) -> Callable[[str], Any]:
+    """``prefix -> Lightning MLFlowLogger`` writing per-epoch metrics into the run active *now*.
 
-    Lightning's logger would mark the run FINISHED when training ends; this one leaves ending the run to
-    :func:`start_run`, so evaluation and the model can still be logged into it.
+    The run is captured when this is called, so the loggers can be made later in another thread (a Prefect task).
+    ``prefix`` keeps an ensemble's members apart (``member0-val/score``); ``""`` for a single network. Lightning's
+    logger would mark the run FINISHED when training ends; these leave ending the run to :func:`start_run`, so
+    evaluation and the model can still be logged into it.
     """
     import mlflow
     from lightning.pytorch.loggers import MLFlowLogger
 
     run = mlflow.active_run()
     if run is None:
-        raise RuntimeError("lightning_logger() needs an active run: use it inside `with tracking.start_run(...)`")
+        raise RuntimeError("logger_factory() needs an active run: use it inside `with tracking.start_run(...)`")
     s = settings or get_settings()
+    run_id = run.info.run_id
 
     class _RunBoundLogger(MLFlowLogger):
         def finalize(self, status: str = "success") -> None:  # the run's owner ends it
             if self._initialized and self._checkpoint_callback:
                 self._scan_and_log_checkpoints(self._checkpoint_callback)
 
-    return _RunBoundLogger(
-        experiment_name=s.mlflow_experiment,
-        tracking_uri=s.resolved_tracking_uri(),
-        run_id=run.info.run_id,
-        log_model=False,
-        **kwargs,
-    )
+    def make(prefix: str = "") -> MLFlowLogger:
+        return _RunBoundLogger(
+            experiment_name=s.mlflow_experiment,
+            tracking_uri=s.resolved_tracking_uri(),
+            run_id=run_id,
+            log_model=False,
+            prefix=prefix,
+        )
+
+    return make
 
 
 def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -232,7 +238,9 @@ def log_model(net: Any, name: str = MODEL_NAME_IN_RUN) -> Any:
     import mlflow
     import torch
 
-    config = net.config.to_dict() if hasattr(net.config, "to_dict") else dict(net.config)
+    from ukr_hw.model.network import network_config
+
+    config = network_config(net)
     with tempfile.TemporaryDirectory(prefix="ukr-hw-log-") as tmp:
         state_path = Path(tmp) / "state_dict.pt"
         config_path = Path(tmp) / "config.json"

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import yaml
 from ukr_hw.data import split, steps
 from ukr_hw.data.arrays import Samples, load_samples
 from ukr_hw.model.evaluate import EvalReport, evaluate, write_reports
-from ukr_hw.model.network import UkrHwNet, build_network
+from ukr_hw.model.network import EnsembleNet, NetConfig, Network, UkrHwNet, build_network, member_nets
 from ukr_hw.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
         "synthetic_limit": None,
         "mnist_limit": 0,  #: MNIST training digits mixed into fine-tuning (keeps digits as good as after pretraining)
         "use_strokes": True,  #: the rendered sketchpad drawings (strokes_train.npz) join fine-tuning
+        "members": 1,  #: K > 1: fine-tune K networks (seeds seed..seed+K-1) and serve their averaged probabilities
     },
     "augment": {},  #: fine-tune augmentation, see ukr_hw.model.augment.AugmentConfig (defaults when empty)
 }
@@ -302,35 +303,92 @@ def finetune_datamodule(config: Mapping[str, Any], settings: Settings | None = N
 def finetune(
     config: Mapping[str, Any],
     settings: Settings | None = None,
-    init: UkrHwNet | None = None,
+    init: Network | None = None,
     *,
     extra: Samples | None = None,
     callbacks: Sequence[Any] = (),
-    logger: Any = None,
+    make_logger: Callable[[str], Any] | None = None,
     test: Samples | None = None,
-) -> tuple[UkrHwNet, EvalReport]:
+) -> tuple[Network, EvalReport]:
     """Fine-tune (from ``init``'s weights when given) and score on the frozen test split.
 
-    ``extra`` joins the training data (feedback samples); ``callbacks``/``logger`` go to the Lightning Trainer
-    (e.g. an Optuna pruning callback, ``tracking.lightning_logger()``). The weights of the best validation epoch
-    are kept. ``report.metrics`` also gets ``val_score``, ``best_epoch`` and ``train_seconds``.
+    With ``finetune.members`` = K > 1 this fine-tunes K members with seeds ``seed``, ``seed + 1``, … (each with its
+    own validation slice, so together they learn from every training glyph) and returns their
+    :class:`~ukr_hw.model.network.EnsembleNet`. Member k starts from ``init``'s member k (an ensemble champion
+    when retraining) or from ``init`` itself (the pretrained body).
+
+    ``extra`` joins the training data (feedback samples); ``callbacks`` go to the Lightning Trainer (e.g. an
+    Optuna pruning callback: single models only); ``make_logger(prefix)`` gives each member's Lightning logger
+    (``tracking.logger_factory``; prefix ``""`` for a single model, ``"member0"``, ``"member1"``, … in an
+    ensemble). The weights of each member's best validation epoch are kept. ``report.metrics`` also gets
+    ``val_score``, ``best_epoch`` (means over members), ``train_seconds`` and, for an ensemble, each member's
+    ``member<k>_symbol_accuracy`` / ``member<k>_case_accuracy`` on the test split.
     """
+    s = settings or get_settings()
+    setup_torch(s)
+    t0 = time.perf_counter()
+    k_members = int(config["finetune"].get("members") or 1)
+    if k_members > 1 and callbacks:
+        raise ConfigError("finetune.members > 1 cannot take training callbacks (Optuna pruning): set it to 1")
+    inits = member_nets(init) if init is not None else [None]
+    members, fits = [], []
+    for k in range(k_members):
+        member_config = {**config, "seed": int(config["seed"]) + k}
+        prefix = f"member{k}" if k_members > 1 else ""
+        if k_members > 1:
+            log.info("fine-tune: member %d of %d (seed %d)", k + 1, k_members, member_config["seed"])
+        net, fit = _finetune_one(
+            member_config,
+            s,
+            inits[k % len(inits)],
+            extra=extra,
+            callbacks=callbacks,
+            logger=make_logger(prefix) if make_logger else None,
+        )
+        members.append(net)
+        fits.append(fit)
+    net = members[0] if k_members == 1 else EnsembleNet(members).eval()
+    test = test if test is not None else load_samples(s.processed_dir / split.TEST_FILE)
+    report = evaluate(net, test)
+    report.metrics.update(
+        {
+            "val_score": sum(f["val_score"] for f in fits) / len(fits),
+            "best_epoch": sum(f["best_epoch"] for f in fits) / len(fits),
+            "epochs_run": float(sum(f["epochs_run"] for f in fits)),
+            "train_seconds": round(time.perf_counter() - t0, 1),
+        }
+    )
+    if k_members > 1:
+        for k, member in enumerate(members):
+            m = evaluate(member, test).metrics
+            report.metrics[f"member{k}_symbol_accuracy"] = m["symbol_accuracy"]
+            report.metrics[f"member{k}_case_accuracy"] = m["case_accuracy"]
+    return net, report
+
+
+def _finetune_one(
+    config: Mapping[str, Any],
+    settings: Settings,
+    init: UkrHwNet | None,
+    *,
+    extra: Samples | None,
+    callbacks: Sequence[Any],
+    logger: Any,
+) -> tuple[UkrHwNet, dict[str, float]]:
+    """One network fine-tuned with ``config["seed"]``: its best-validation weights and how the fit went."""
     from lightning.pytorch.callbacks import EarlyStopping
 
     from ukr_hw.model.lit import BestWeights, LitUkrHw
 
-    s = settings or get_settings()
-    setup_torch(s)
     f = config["finetune"]
-    t0 = time.perf_counter()
     _seed(config["seed"])
     net_cfg = dict(config["net"])
     if f.get("dropout") is not None:
         net_cfg["dropout"] = float(f["dropout"])
-    net = build_network(net_cfg)
+    net = UkrHwNet(NetConfig.from_dict(net_cfg))
     if init is not None:
         net.load_state_dict(init.state_dict())
-    dm = finetune_datamodule(config, s, extra)
+    dm = finetune_datamodule(config, settings, extra)
     lit = LitUkrHw(net, optim=_optim(f), augment=config.get("augment") or {})
     best = BestWeights("val/score", "max")
     cbs: list[Any] = [best, *callbacks]
@@ -338,19 +396,11 @@ def finetune(
         cbs.append(EarlyStopping("val/score", mode="max", patience=int(f["patience"])))
     trainer = make_trainer(config, f["epochs"], callbacks=cbs, logger=logger)
     trainer.fit(lit, datamodule=dm)
-    net = lit.net.eval()
-    train_seconds = time.perf_counter() - t0
-    test = test if test is not None else load_samples(s.processed_dir / split.TEST_FILE)
-    report = evaluate(net, test)
-    report.metrics.update(
-        {
-            "val_score": float(best.best) if best.best is not None else float("nan"),
-            "best_epoch": float(best.best_epoch if best.best_epoch is not None else -1),
-            "epochs_run": float(trainer.current_epoch),
-            "train_seconds": round(train_seconds, 1),
-        }
-    )
-    return net, report
+    return lit.net.eval(), {
+        "val_score": float(best.best) if best.best is not None else float("nan"),
+        "best_epoch": float(best.best_epoch if best.best_epoch is not None else -1),
+        "epochs_run": float(trainer.current_epoch),
+    }
 
 
 def save_reports(report: EvalReport, settings: Settings | None = None) -> dict[str, Path]:

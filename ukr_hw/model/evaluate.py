@@ -24,11 +24,11 @@ import torch
 
 from ukr_hw.data.arrays import Samples
 from ukr_hw.labels import LOOKALIKE_PAIRS, NUM_CLASSES, SYMBOLS, display, index_of
-from ukr_hw.model.network import UkrHwNet
+from ukr_hw.model.network import Network
 
 
 @torch.inference_mode()
-def predict_samples(net: UkrHwNet, samples: Samples, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def predict_samples(net: Network, samples: Samples, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``(N, 43)`` and uppercase probabilities ``(N,)`` for every sample."""
     was_training = net.training
     net.eval()
@@ -79,7 +79,7 @@ class EvalReport:
         )
 
 
-def evaluate(net: UkrHwNet, samples: Samples, batch_size: int = 1024) -> EvalReport:
+def evaluate(net: Network, samples: Samples, batch_size: int = 1024) -> EvalReport:
     """Score ``net`` on ``samples`` (raises ``ValueError`` on an empty set)."""
     if len(samples) == 0:
         raise ValueError("cannot evaluate on an empty sample set; check that the prepared split exists and has rows")
