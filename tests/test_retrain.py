@@ -30,6 +30,7 @@ TINY = {
         "epoch_size": 768,
         "batch_size": 64,
         "use_synthetic": False,
+        "members": 2,  # the champion is an ensemble, as in production: retraining continues each member
     },
 }
 
@@ -104,6 +105,8 @@ def test_retrain_learns_from_feedback_with_lineage(project) -> None:
     from ukr_hw import lineage, tracking
     from ukr_hw.data.arrays import load_samples
     from ukr_hw.data.versioning import data_version
+    from ukr_hw.inference import load_net
+    from ukr_hw.model.network import member_nets
 
     s = project["settings"]
     processed = s.processed_dir
@@ -150,6 +153,8 @@ def test_retrain_learns_from_feedback_with_lineage(project) -> None:
     assert mv.tags["data_version"] == result["data_version"]
     arts = [a.path for a in client.list_artifacts(result["run_id"], "lineage")]
     assert arts == [f"lineage/feedback_samples-{result['data_version']}.jsonl"]
+    retrained, _ = load_net(f"models:/{s.model_name}/{version}", s)
+    assert len(member_nets(retrained)) == 2  # an ensemble champion retrains into an ensemble
     # promoted only under the gate
     champion = tracking.champion_version()
     if result["promoted"]:
