@@ -7,8 +7,8 @@
 Holds the pretrained body fixed (``--body``, cached by ``ukr_hw.training.pretrain``) and fine-tunes once per
 ``--seeds`` value, so the spread printed is the fine-tune's alone. Each model is scored on the frozen test split
 and on the held-out sets of ``benchmarks/generalization.py`` (fonts no training set has, sketchpad drawings and
-paper photos by unseen writer seeds). Prints one row per set, mean over seeds: symbol / case accuracy, and for the
-frozen split the share of letters read as digits. Each seed trains one network (``finetune.members=1``);
+paper photos by unseen writer seeds). Prints one row per set, mean over seeds: symbol / case accuracy and the
+shares of letters read as digits and of digits read as letters. Each seed trains one network (``finetune.members=1``);
 ``--ensemble`` adds the row of the seeds' averaged probabilities, i.e. what ``finetune.members`` = number of seeds
 serves. Results go to ``data/reports/recipes/<tag>.json`` too.
 """
@@ -69,24 +69,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed {seed} ({time.perf_counter() - t:.0f} s, best epoch {report.metrics['best_epoch']:.0f}): {line}")
 
     result: dict[str, dict] = {"tag": args.tag, "overrides": overrides, "body": args.body, "seeds": args.seeds}
-    print(f"\n{args.tag}: mean over seeds {args.seeds} (symbol / case; frozen: letters read as digits)")
+    print(f"\n{args.tag}: mean over seeds {args.seeds} (symbol / case accuracy)")
     for n in names:
         sym = np.array([r["symbol_accuracy"] for r in rows[n]])
         case = np.array([r["case_accuracy"] for r in rows[n]])
         l2d = np.array([r["letters_as_digits"] for r in rows[n]])
-        result[n] = {"symbol": sym.tolist(), "case": case.tolist(), "letters_as_digits": l2d.tolist()}
-        extra = f" / {l2d.mean():.1%}" if n == "finetune-test" else ""
+        d2l = np.array([r["digits_as_letters"] for r in rows[n]])
+        result[n] = {
+            "symbol": sym.tolist(),
+            "case": case.tolist(),
+            "letters_as_digits": l2d.tolist(),
+            "digits_as_letters": d2l.tolist(),
+        }
         sd = sym.std(ddof=1) if len(sym) > 1 else 0.0
-        print(f"  {n:16} {sym.mean():.3f} / {case.mean():.3f}{extra}   (symbol sd {sd:.3f})")
+        print(
+            f"  {n:16} {sym.mean():.3f} / {case.mean():.3f}   letters→digits {l2d.mean():5.1%}"
+            f"  digits→letters {d2l.mean():5.1%}   (symbol sd {sd:.3f})"
+        )
     if args.ensemble and len(per_seed) > 1:
         print(f"{args.tag}: ensemble of {len(per_seed)} (averaged probabilities)")
         for n in names:
             probs = np.mean([o[n][0] for o in per_seed], axis=0)
             case_p = np.mean([o[n][1] for o in per_seed], axis=0)
             r = score(probs, case_p, sets[n])
-            result[n]["ensemble"] = [r["symbol_accuracy"], r["case_accuracy"], r["letters_as_digits"]]
-            extra = f" / {r['letters_as_digits']:.1%}" if n == "finetune-test" else ""
-            print(f"  {n:16} {r['symbol_accuracy']:.3f} / {r['case_accuracy']:.3f}{extra}")
+            keys = ("symbol_accuracy", "case_accuracy", "letters_as_digits", "digits_as_letters")
+            result[n]["ensemble"] = [r[k] for k in keys]
+            print(
+                f"  {n:16} {r['symbol_accuracy']:.3f} / {r['case_accuracy']:.3f}   letters→digits "
+                f"{r['letters_as_digits']:5.1%}  digits→letters {r['digits_as_letters']:5.1%}"
+            )
     out = REPO / "data/reports/recipes" / f"{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -79,6 +79,8 @@ def test_readyz_false_until_loaded_then_true(server, client):
     assert httpx.get(f"{server.url}/livez", timeout=10).status_code == 200
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert "ukr_hw_model_version" in metrics
+    info = _post(server, "/info", json={}).json()
+    assert info["members"] == 1 and info["source"] == "bento" and info["model_version"] == client.model_version()
 
 
 def test_classify_matches_in_process_predictor(server, client, champion_model, glyph_files):

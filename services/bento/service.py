@@ -135,6 +135,7 @@ class ClassifyResult(BaseModel):
 
 class ModelInfo(BaseModel):
     model_version: str | None
+    members: int = Field(description="networks whose probabilities each answer averages (1: a single network)")
     source: str = Field(description="'bento' (packed at build time) or 'registry' (loaded after the alias moved)")
     loaded_at: float = Field(description="UNIX time the model was loaded")
     registry_reachable: bool | None = Field(description="result of the last registry check (null: none yet)")
@@ -257,8 +258,11 @@ class UkrHwModel:
 
     @bentoml.api
     def info(self) -> dict[str, Any]:
+        from ukr_hw.model.network import member_nets
+
         return {
             "model_version": self.predictor.model_version,
+            "members": len(member_nets(self.predictor.net)),
             "source": self.source,
             "loaded_at": self.loaded_at,
             "registry_reachable": self.registry_reachable,
