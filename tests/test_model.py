@@ -17,7 +17,7 @@ from ukr_hw.model.evaluate import evaluate, write_reports
 from ukr_hw.model.lit import LitUkrHw, masked_case_loss, to_input
 from ukr_hw.model.network import EnsembleNet, build_network, member_nets, network_config
 from ukr_hw.settings import get_settings
-from ukr_hw.training import ConfigError, load_config, pretrain
+from ukr_hw.training import ConfigError, finetune, load_config, pretrain
 
 torch.set_num_threads(1)  # a shared CPU: one thread avoids OpenMP spin-waits
 
@@ -269,6 +269,15 @@ def test_config_merge_and_overrides(tmp_path):
         load_config(None, {"finetune.lrr": "1"})
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_finetune_rejects_a_member_count_below_one_and_callbacks_on_an_ensemble():
+    config = load_config(None, {"finetune.members": "-1"})
+    with pytest.raises(ConfigError, match="members must be 1"):
+        finetune(config)
+    config = load_config(None, {"finetune.members": "2"})
+    with pytest.raises(ConfigError, match="cannot take training callbacks"):
+        finetune(config, callbacks=[object()])
 
 
 def test_pretrain_cache_hit_skips_training(tmp_path, monkeypatch):

@@ -328,6 +328,8 @@ def finetune(
     setup_torch(s)
     t0 = time.perf_counter()
     k_members = int(config["finetune"].get("members") or 1)
+    if k_members < 1:
+        raise ConfigError(f"finetune.members must be 1 (one network) or more, got {k_members}")
     if k_members > 1 and callbacks:
         raise ConfigError("finetune.members > 1 cannot take training callbacks (Optuna pruning): set it to 1")
     inits = member_nets(init) if init is not None else [None]
