@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 import uuid
 
@@ -133,6 +134,19 @@ def test_kill_group_reaps_its_own_child_without_waiting_out_the_timeout() -> Non
     stack.kill_group(proc.pid, timeout=120)
     assert time.monotonic() - started < 30  # the bug waits all 120 s
     assert proc.poll() is not None and not stack._group_alive(proc.pid)
+
+
+def test_an_exited_child_not_yet_reaped_is_not_running_and_keeps_its_exit_code() -> None:
+    """``Stack.status`` in the process that started a service: a service that died is down, not "running" (its
+    zombie still answers ``kill(pid, 0)``), and its ``Popen`` can still report how it exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    start = stack._process_start_time(proc.pid)
+    deadline = time.monotonic() + 30
+    while stack._proc_stat(proc.pid)[0] != "Z":  # exited, not reaped: nobody waited yet
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not stack._same_process(proc.pid, start)
+    assert proc.wait(timeout=10) == 3
 
 
 def test_expand_adds_what_services_need() -> None:

@@ -909,23 +909,38 @@ def _safe(check: Callable[[], bool]) -> bool:
         return False
 
 
-def _process_start_time(pid: int) -> str | None:
-    """Kernel start time of ``pid`` (field 22 of /proc/<pid>/stat): tells a reused pid from ours."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None where there is none."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _process_start_time(pid: int) -> str | None:
+    """Kernel start time of ``pid`` (field 22 of /proc/<pid>/stat): tells a reused pid from ours."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields else None
 
 
 def _same_process(pid: int, start_time: str | None) -> bool:
+    """``pid`` is still the process started at ``start_time`` and has not exited.
+
+    A process that exited but is not yet reaped (a zombie: our own child whose ``Popen`` has not waited) still
+    answers ``kill(pid, 0)``; its state in /proc says it is gone. Reaping it here would take its exit code away
+    from the ``Popen`` that reports it, so it is only read.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
-    current = _process_start_time(pid)
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # zombie / dead
+        return False
+    current = fields[19] if fields else None
     return start_time is None or current is None or current == start_time
 
 
