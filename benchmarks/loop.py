@@ -103,9 +103,8 @@ def main() -> int:
     print(f"  submit                         {t_submitted - t0:8.1f} s")
     print(f"  retrain (flow run)             {t_retrained - t_submitted:8.1f} s")
     if new != old:
-        print(
-            f"  submit → new champion served   {t_served - t0:8.1f} s  (v{old} → v{new}, API answers v{served_after})"
-        )
+        answers = ", ".join(f"v{v}" for v in sorted(served_after))
+        print(f"  submit → new champion served   {t_served - t0:8.1f} s  (v{old} → v{new}, API answers {answers})")
     else:
         print(f"  champion unchanged (v{old}): the new version did not pass the promotion gate")
     print(f"  «{shown}» accuracy (API)        {acc_before:8.3f} → {acc_after:.3f}")
