@@ -33,6 +33,7 @@ from ukr_hw import training  # noqa: E402
 from ukr_hw.data import split  # noqa: E402
 from ukr_hw.data.arrays import load_samples  # noqa: E402
 from ukr_hw.model.evaluate import predict_samples  # noqa: E402
+from ukr_hw.model.network import EnsembleNet  # noqa: E402
 from ukr_hw.settings import get_settings  # noqa: E402
 
 
@@ -55,16 +56,15 @@ def main(argv: list[str] | None = None) -> int:
 
     sets = _sets(settings, args.sets_cache)
     names = list(sets)
-    per_seed: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
+    nets = []
     rows: dict[str, list[dict]] = {n: [] for n in names}
     for seed in args.seeds:
         config = training.load_config(args.config, overrides | {"seed": str(seed)})
         t = time.perf_counter()
         net, report = training.finetune(config, settings, init=body)
-        outs = {n: predict_samples(net, sets[n]) for n in names}
-        per_seed.append(outs)
+        nets.append(net)
         for n in names:
-            rows[n].append(score(*outs[n], sets[n]))
+            rows[n].append(score(*predict_samples(net, sets[n]), sets[n]))
         line = "  ".join(f"{n} {rows[n][-1]['symbol_accuracy']:.3f}/{rows[n][-1]['case_accuracy']:.3f}" for n in names)
         print(f"seed {seed} ({time.perf_counter() - t:.0f} s, best epoch {report.metrics['best_epoch']:.0f}): {line}")
 
@@ -86,12 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             f"  {n:16} {sym.mean():.3f} / {case.mean():.3f}   letters→digits {l2d.mean():5.1%}"
             f"  digits→letters {d2l.mean():5.1%}   (symbol sd {sd:.3f})"
         )
-    if args.ensemble and len(per_seed) > 1:
-        print(f"{args.tag}: ensemble of {len(per_seed)} (averaged probabilities)")
+    if args.ensemble and len(nets) > 1:
+        ensemble = EnsembleNet(nets)  # the very network `finetune.members` serves
+        print(f"{args.tag}: ensemble of {len(nets)} (averaged probabilities)")
         for n in names:
-            probs = np.mean([o[n][0] for o in per_seed], axis=0)
-            case_p = np.mean([o[n][1] for o in per_seed], axis=0)
-            r = score(probs, case_p, sets[n])
+            r = score(*predict_samples(ensemble, sets[n]), sets[n])
             keys = ("symbol_accuracy", "case_accuracy", "letters_as_digits", "digits_as_letters")
             result[n]["ensemble"] = [r[k] for k in keys]
             print(

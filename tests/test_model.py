@@ -272,9 +272,10 @@ def test_config_merge_and_overrides(tmp_path):
 
 
 def test_finetune_rejects_a_member_count_below_one_and_callbacks_on_an_ensemble():
-    config = load_config(None, {"finetune.members": "-1"})
-    with pytest.raises(ConfigError, match="members must be 1"):
-        finetune(config)
+    for bad in ("-1", "0"):  # 0 is no network at all, not silently one
+        config = load_config(None, {"finetune.members": bad})
+        with pytest.raises(ConfigError, match="members must be 1"):
+            finetune(config)
     config = load_config(None, {"finetune.members": "2"})
     with pytest.raises(ConfigError, match="cannot take training callbacks"):
         finetune(config, callbacks=[object()])

@@ -327,7 +327,8 @@ def finetune(
     s = settings or get_settings()
     setup_torch(s)
     t0 = time.perf_counter()
-    k_members = int(config["finetune"].get("members") or 1)
+    members_set = config["finetune"].get("members")
+    k_members = 1 if members_set is None else int(members_set)
     if k_members < 1:
         raise ConfigError(f"finetune.members must be 1 (one network) or more, got {k_members}")
     if k_members > 1 and callbacks:

@@ -8,6 +8,7 @@ Built from a plain dict so a logged model is rebuilt from ``config.json`` + ``st
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -102,8 +103,7 @@ class EnsembleNet(nn.Module):
 
     def forward(self, x: torch.Tensor, ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outs = [m(x, ink) for m in self.members]
-        k = torch.tensor(float(len(outs))).log()
-        log_probs = torch.stack([torch.log_softmax(s, dim=1) for s, _ in outs]).logsumexp(0) - k
+        log_probs = torch.stack([torch.log_softmax(s, dim=1) for s, _ in outs]).logsumexp(0) - math.log(len(outs))
         upper = torch.stack([torch.sigmoid(c) for _, c in outs]).mean(0)
         return log_probs, torch.logit(upper, eps=1e-6)
 
