@@ -129,3 +129,35 @@ def test_no_champion_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert main(["predict", str(png)]) == 2  # the CLI handler: a one-line message, no traceback, no output
     out = capsys.readouterr()
     assert "run `ukr-hw train` first" in out.err and not out.out
+
+
+def test_a_model_records_its_preprocessing_version_and_another_version_warns(champion_model, tmp_path, caplog):
+    """Features made by other preprocessing code skew a model's inputs: loading such a model says so."""
+    import logging
+
+    from ukr_hw.inference import CONFIG_FILE, STATE_DICT_FILE, load_net_from_dir
+    from ukr_hw.preprocess import VERSION
+
+    # a model the fixture logged, read from its artifact folder (no tracking server involved), copied so the
+    # fixture's registry stays as it was
+    logged = next(
+        p.parent for p in champion_model.artifact_root.rglob(CONFIG_FILE) if (p.parent / STATE_DICT_FILE).exists()
+    )
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in (CONFIG_FILE, STATE_DICT_FILE):
+        shutil.copy(logged / name, folder / name)
+    config_path = folder / CONFIG_FILE
+    assert json.loads(config_path.read_text())["preprocess_version"] == VERSION
+    with caplog.at_level(logging.WARNING, logger="ukr_hw.inference"):
+        load_net_from_dir(folder)
+    assert "preprocessing version" not in caplog.text
+
+    config = json.loads(config_path.read_text())
+    config["preprocess_version"] = VERSION + 1  # a model trained by newer code
+    config_path.write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING, logger="ukr_hw.inference"):
+        net = load_net_from_dir(folder)
+    assert f"trained on preprocessing version {VERSION + 1}, this code makes version {VERSION}" in caplog.text
+    assert "`ukr-hw train`" in caplog.text
+    assert not net.training  # it still loads: a warning, not a refusal

@@ -15,6 +15,7 @@ rebuilding the network with :func:`~ukr_hw.model.network.build_network` — no p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,7 +28,10 @@ import torch
 
 from ukr_hw.labels import NUM_CLASSES, has_case, symbol_of
 from ukr_hw.model.network import Network, build_network
+from ukr_hw.preprocess import VERSION as PREPROCESS_VERSION
 from ukr_hw.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 TOP_K = 5
 DECIMALS = 5
@@ -90,14 +94,30 @@ def _find(root: Path, name: str) -> Path:
     return hits[0]
 
 
+def load_net_from_files(config_path: Path | str, state_path: Path | str) -> Network:
+    """Rebuild the network from a logged model's ``config.json`` and ``state_dict.pt``, in eval mode.
+
+    Warns when the model was trained on another preprocessing version than this code makes.
+    """
+    config = json.loads(Path(config_path).read_text())
+    trained_on = int(config.get("preprocess_version", 1))  # models logged before the version was recorded: 1
+    if trained_on != PREPROCESS_VERSION:
+        log.warning(
+            "the model at %s was trained on preprocessing version %d, this code makes version %d: its inputs are "
+            "skewed and accuracy may drop; retrain it with this code (`ukr-hw train`)",
+            Path(config_path).parent,
+            trained_on,
+            PREPROCESS_VERSION,
+        )
+    net = build_network(config)
+    net.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
 def load_net_from_dir(model_dir: Path | str) -> Network:
     """Rebuild the network from a logged model's folder (``config.json`` + ``state_dict.pt`` anywhere below)."""
     root = Path(model_dir)
-    config = json.loads(_find(root, CONFIG_FILE).read_text())
-    net = build_network(config)
-    state = torch.load(_find(root, STATE_DICT_FILE), map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
-    return net.eval()
+    return load_net_from_files(_find(root, CONFIG_FILE), _find(root, STATE_DICT_FILE))
 
 
 def load_net(model_uri: str | None = None, settings: Settings | None = None) -> tuple[Network, str | None]:

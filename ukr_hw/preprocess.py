@@ -31,6 +31,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
+#: Bumped whenever the pixels or the features this module makes change. Logged models record the version they were
+#: trained on (``config.json``), and loading one made for another version warns: its inputs would be skewed.
+VERSION = 1
 SIZE = 28  #: side of the model input
 BOX = 20  #: the ink is fitted into a BOX×BOX square, as in MNIST
 WORK_SIDE = 512  #: larger inputs are shrunk to this before analysis (speed; ratios are kept)

@@ -238,9 +238,10 @@ def log_model(net: Any, name: str = MODEL_NAME_IN_RUN) -> Any:
     import mlflow
     import torch
 
+    from ukr_hw import preprocess
     from ukr_hw.model.network import network_config
 
-    config = network_config(net)
+    config = {**network_config(net), "preprocess_version": preprocess.VERSION}
     with tempfile.TemporaryDirectory(prefix="ukr-hw-log-") as tmp:
         state_path = Path(tmp) / "state_dict.pt"
         config_path = Path(tmp) / "config.json"

@@ -22,19 +22,11 @@ class UkrHwPyfunc(PythonModel):
     predictor: Any = None
 
     def load_context(self, context) -> None:
-        import json
-        from pathlib import Path
+        from ukr_hw.inference import Predictor, load_net_from_files
 
-        import torch
-
-        from ukr_hw.inference import Predictor
-        from ukr_hw.model.network import build_network
-
-        net = build_network(json.loads(Path(context.artifacts["config"]).read_text()))
-        state = torch.load(context.artifacts["state_dict"], map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
+        net = load_net_from_files(context.artifacts["config"], context.artifacts["state_dict"])
         version = (getattr(context, "model_config", None) or {}).get("model_version")
-        self.predictor = Predictor(net.eval(), version)
+        self.predictor = Predictor(net, version)
 
     def predict(self, context, model_input, params=None):
         if self.predictor is None:
