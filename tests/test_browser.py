@@ -4,6 +4,7 @@ and the sample is found in the (real S3) feedback store. Screenshots are saved a
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import re
@@ -11,7 +12,9 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from ukr_hw import stack
 from ukr_hw.feedback import FeedbackStore
@@ -54,14 +57,49 @@ def draw(page, paths: list[list[tuple[float, float]]], steps: int = 12) -> None:
         page.mouse.up()
 
 
-def save_shot(page, name: str, tmp_path: Path) -> Path:
+def ruled_rows(png: bytes) -> list[float]:
+    """Heights (0 = top, 1 = bottom) of the grey lines that run across the middle of a canvas screenshot."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+    mid = rgb[:, rgb.shape[1] // 5 : 4 * rgb.shape[1] // 5]
+    grey = (mid.max(axis=2) - mid.min(axis=2) < 25) & (mid.mean(axis=2) < 235) & (mid.mean(axis=2) > 100)
+    rows = np.flatnonzero(grey.mean(axis=1) > 0.3)
+    lines = [run for run in np.split(rows, np.flatnonzero(np.diff(rows) > 2) + 1) if run.size]
+    return [float(run.mean()) / rgb.shape[0] for run in lines]
+
+
+def ink_fraction(png: bytes) -> float:
+    """Share of the canvas' middle that the blue brush (#2b59c3) covers."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+    mid = rgb[rgb.shape[0] // 10 :, rgb.shape[1] // 5 : 4 * rgb.shape[1] // 5]
+    return float((np.abs(mid - np.array([43, 89, 195])).max(axis=2) < 40).mean())
+
+
+def wait_for_guides(page, name: str, tmp_path: Path, timeout: float = 20.0) -> list[float]:
+    """The guide rows on the canvas once it has (re)drawn its sheet: the editor repaints its background
+    asynchronously after a reset, so one screenshot can catch it halfway. The last shot is kept as ``name``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shot = page.locator("#ukr-canvas canvas").first.screenshot()
+        guides = ruled_rows(shot)
+        if len(guides) >= 3 or time.monotonic() > deadline:
+            keep(shot, name, tmp_path)
+            return guides
+        time.sleep(0.5)
+
+
+def keep(png: bytes, name: str, tmp_path: Path) -> Path:
+    """Write a screenshot into the test's folder (and to ``$UKR_HW_SCREENSHOT_DIR`` when set)."""
     path = tmp_path / name
-    page.screenshot(path=str(path), full_page=False)
+    path.write_bytes(png)
     extra = os.environ.get("UKR_HW_SCREENSHOT_DIR")
     if extra:
         Path(extra).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(extra) / name)
     return path
+
+
+def save_shot(page, name: str, tmp_path: Path) -> Path:
+    return keep(page.screenshot(full_page=False), name, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +139,12 @@ def test_draw_predict_submit(api_url, s3_server, tmp_path):
                     page.wait_for_selector("#ukr-canvas canvas", timeout=60_000)
                     brush = page.locator('#ukr-canvas button[aria-label="Brush"]')
                     expect(brush).to_have_class(re.compile("highlight"), timeout=15_000)  # selected on load
+                    # writing guides on the sheet: cap line, dashed x-height line, baseline
+                    guides = wait_for_guides(page, f"canvas-{theme}-blank.png", tmp_path)
+                    assert len(guides) >= 3, f"expected the three writing guides on the canvas, found {guides}"
                     draw(page, letter_paths(symbol, upper))
+                    canvas = page.locator("#ukr-canvas canvas").first
+                    assert ink_fraction(canvas.screenshot()) > 0.002, "the strokes do not show on the canvas"
                     page.click("#ukr-recognise")
                     glyph = page.locator("#ukr-result .glyph")
                     expect(glyph).to_be_visible(timeout=30_000)
@@ -121,12 +164,24 @@ def test_draw_predict_submit(api_url, s3_server, tmp_path):
                     expect(page.locator("#ukr-result")).to_contain_text("Saved")  # and the canvas is cleared
                     deadline = time.monotonic() + 20
                     while time.monotonic() < deadline:
-                        records = [store.read(r)[1] for r in store.list_since(None)]
-                        if any((r["symbol"], r["is_uppercase"]) == expected for r in records):
+                        samples = [store.read(r) for r in store.list_since(None)]
+                        saved = [png for png, r in samples if (r["symbol"], r["is_uppercase"]) == expected]
+                        if saved:
                             break
                         time.sleep(0.3)
                     else:
-                        pytest.fail(f"sample {expected} not found in the store: {records}")
+                        pytest.fail(f"sample {expected} not found in the store: {[r for _, r in samples]}")
+                    # the stored drawing holds the strokes alone: no guide line runs across it
+                    alpha = np.asarray(Image.open(io.BytesIO(saved[0])).convert("RGBA"))[..., 3]
+                    assert alpha.any() and (alpha > 0).mean(axis=1).max() < 0.7
+                    guides = wait_for_guides(page, f"canvas-{theme}-after-save.png", tmp_path)
+                    assert len(guides) >= 3, f"the cleared canvas lost its writing guides: {guides}"
+                    assert ink_fraction(canvas.screenshot()) < 0.0005, "the saved strokes are still on the canvas"
+                    if theme == "light":  # the next drawing on the same sheet is read, not lost under an overlay
+                        expect(page.locator("#ukr-result .glyph")).to_have_count(0)
+                        draw(page, letter_paths("п", False))
+                        page.click("#ukr-recognise")
+                        expect(page.locator("#ukr-result .glyph")).to_be_visible(timeout=30_000)
                     page.close()
             finally:
                 browser.close()

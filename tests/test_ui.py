@@ -3,6 +3,7 @@ drives predict / confirm / correct; samples land in a real S3 server (SeaweedFS)
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -140,10 +141,11 @@ def test_predict_confirm_and_correct_store_samples_in_s3(running: Running, champ
     assert probs == sorted(probs, reverse=True) and abs(probs[0] - expected["top"][0]["probability"]) < 1e-6
     assert f"model v{champion_model.version}" in html
 
-    # confirm: stored with the predicted symbol and case; canvas cleared; the session count shows 1
+    # confirm: stored with the predicted symbol and case; canvas cleared to the guides; the session count shows 1
     out = client.predict(_sketch(png), api_name="/confirm")
     sketch_after, count_text = _value(out[0]), _value(out[-1])
-    assert sketch_after is None
+    assert sketch_after["layers"] == [] and sketch_after["composite"] is None
+    assert sketch_after["background"]["path"]  # the lined sheet
     assert "**1** drawing " in count_text
     store = running.store()
     (first,) = store.list_since(None)
@@ -239,3 +241,33 @@ def test_up_exits_nonzero_when_a_service_dies(champion_model, s3_server, tmp_pat
     assert code == 1, stack.log_tail(log, 40)
     assert "UI exited" in log.read_text()
     assert not stack.port_in_use(api_port)
+
+
+def test_canvas_guides_stand_on_the_training_frame_and_never_count_as_ink():
+    import numpy as np
+    from PIL import Image
+
+    from services.ui.app import CANVAS, blank_canvas, guide_lines
+    from ukr_hw.data.strokes import BASELINE, CAP_HEIGHT, X_HEIGHT, draw_canvas
+    from ukr_hw.feedback import InvalidSample, sketch_to_png
+    from ukr_hw.preprocess import preprocess
+
+    sheet = np.asarray(guide_lines().convert("L"), dtype=np.int16)
+    assert sheet.shape == (CANVAS[1], CANVAS[0])
+    ruled = np.flatnonzero((sheet[:, CANVAS[0] // 4 : 3 * CANVAS[0] // 4] < 240).mean(axis=1) > 0.3) / CANVAS[1]
+    frame = np.array([BASELINE, BASELINE - X_HEIGHT, BASELINE - CAP_HEIGHT])  # baseline, dashed x-line, cap line
+    distance = np.abs(ruled[:, None] - frame[None, :])
+    assert (distance.min(axis=0) < 0.01).all(), ruled  # each guide is drawn ...
+    assert (distance.min(axis=1) < 0.01).all(), ruled  # ... and nothing else is ruled
+
+    value = blank_canvas()
+    with pytest.raises(InvalidSample, match="empty"):  # guides alone are an empty canvas
+        sketch_to_png(value)
+    layer = draw_canvas("о", False, CANVAS, seed=3)
+    value["layers"] = [layer]
+    png = sketch_to_png(value)
+    stored = np.asarray(Image.open(io.BytesIO(png)))[..., 3]
+    np.testing.assert_array_equal(stored, np.asarray(layer)[..., 3])  # the strokes, nothing of the sheet
+    glyph, alone = preprocess(value), preprocess({"background": None, "layers": [layer], "composite": None})
+    np.testing.assert_array_equal(glyph.pixels, alone.pixels)
+    assert glyph.ink_height == alone.ink_height < 0.45  # a lowercase о at x-height

@@ -8,6 +8,7 @@ Thin over ``ukr_hw``: recognition is the BentoML API (:class:`ukr_hw.api_client.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import logging
@@ -15,9 +16,11 @@ import uuid
 from typing import Any
 
 import gradio as gr
+from PIL import Image, ImageDraw
 
 from ukr_hw import labels
 from ukr_hw.api_client import ApiClient, ApiError, ApiUnreachableError
+from ukr_hw.data.strokes import BASELINE, CAP_HEIGHT, X_HEIGHT
 from ukr_hw.feedback import FeedbackStore, InvalidSample, StoreUnavailable, sketch_to_png
 from ukr_hw.settings import Settings, get_settings
 
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 #: Letters with no uppercase sample in the training data (Rukopys); used when the prepared data is not at hand.
 MISSING_UPPERCASE_FALLBACK = tuple("импрстуфхцчшщьюяґ")
 CANVAS = (560, 560)
+PAPER = (253, 253, 250)  #: the sheet under the strokes, in both themes (the brush is a fixed dark blue)
 #: Local fonts with clear Cyrillic (no web-font download; print-style т/д/и, not the cursive forms).
 SYSTEM_FONTS = ["system-ui", "Noto Sans", "DejaVu Sans", "Liberation Sans", "Arial", "sans-serif"]
 LOWER, UPPER = "lower", "upper"
@@ -73,6 +77,34 @@ HEAD_TEXT = (
 
 # --------------------------------------------------------------------------------------------------------------
 # Helpers (pure; tested through the app)
+
+
+@functools.cache
+def guide_lines(size: tuple[int, int] = CANVAS) -> Image.Image:
+    """The canvas background: a sheet of lined paper with writing guides where the training drawings stand.
+
+    A solid baseline, a dashed x-height line and a faint cap line (:mod:`ukr_hw.data.strokes` draws its sketchpad
+    samples on the same frame): capitals fill baseline to cap line, lowercase stops at the dashed line. With the
+    guides people size the two cases as the model learned them, which is what tells о from О and с from С. The
+    guides are the background, not a layer: the model and the feedback store read only the strokes (the layers'
+    alpha), so the lines never count as ink. Cached: one sheet serves every reset of every session.
+    """
+    w, h = size
+    img = Image.new("RGB", size, PAPER)
+    draw = ImageDraw.Draw(img)
+    margin = round(0.06 * w)
+    y_base, y_x, y_cap = (round(h * f) for f in (BASELINE, BASELINE - X_HEIGHT, BASELINE - CAP_HEIGHT))
+    draw.line([(margin, y_base), (w - margin, y_base)], fill=(150, 156, 168), width=3)
+    draw.line([(margin, y_cap), (w - margin, y_cap)], fill=(205, 209, 216), width=2)
+    dash = max(6, w // 40)
+    for x in range(margin, w - margin, 2 * dash):
+        draw.line([(x, y_x), (min(x + dash, w - margin), y_x)], fill=(185, 190, 200), width=2)
+    return img
+
+
+def blank_canvas() -> dict[str, Any]:
+    """A fresh Sketchpad value: the guides and no strokes."""
+    return {"background": guide_lines(), "layers": [], "composite": None}
 
 
 def _new_session() -> dict[str, Any]:
@@ -199,8 +231,14 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
             state,
         )
 
-    def _store(sketch, symbol: str, is_uppercase: bool | None, state: dict[str, Any], verb: str):
-        png = sketch_to_png(sketch) if sketch else b""
+    def _drawing(sketch: dict[str, Any] | None) -> bytes:
+        """The strokes as PNG, once per save; an empty canvas is a clear error."""
+        try:
+            return sketch_to_png(sketch)
+        except InvalidSample as exc:
+            raise gr.Error(EMPTY_CANVAS, title="Nothing to save") from exc
+
+    def _store(png: bytes, symbol: str, is_uppercase: bool | None, state: dict[str, Any], verb: str):
         last = state.get("last") or {}
         try:
             store.save(
@@ -221,7 +259,7 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
         extra = f" ({spooled} waiting for the storage to come back)" if spooled else ""
         gr.Info(f"{verb} “{shown}” — thank you!{extra}")
         return (
-            None,
+            blank_canvas(),
             _result_html(None, f"Saved “{shown}”. Draw the next one!"),
             None,
             gr.update(value=None),
@@ -234,23 +272,17 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
     def confirm(sketch: dict[str, Any] | None, state: dict[str, Any] | None):
         """The prediction was right: store the drawing with the predicted symbol and case."""
         state = _session(state)
-        try:
-            sketch_to_png(sketch)
-        except InvalidSample as exc:
-            raise gr.Error(EMPTY_CANVAS, title="Nothing to save") from exc
+        png = _drawing(sketch)
         last = state.get("last")
         if not last:
             raise gr.Error("Press Recognise first, then confirm or correct the answer.", title="Nothing to confirm")
         upper = last.get("is_uppercase") if labels.has_case(last["label"]) else None
-        return _store(sketch, last["label"], upper, state, "Saved")
+        return _store(png, last["label"], upper, state, "Saved")
 
     def correct(sketch: dict[str, Any] | None, symbol: str | None, case: str | None, state: dict[str, Any] | None):
         """The prediction was wrong: store the drawing with the symbol (and case) the user picked."""
         state = _session(state)
-        try:
-            sketch_to_png(sketch)
-        except InvalidSample as exc:
-            raise gr.Error(EMPTY_CANVAS, title="Nothing to save") from exc
+        png = _drawing(sketch)
         if not symbol:
             raise gr.Error("Pick the symbol you drew from the grid.", title="Which symbol?")
         try:
@@ -263,7 +295,7 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
             upper = case == UPPER
         else:
             raise gr.Error(f"Say whether your “{symbol}” is UPPERCASE or lowercase.", title="Which case?")
-        return _store(sketch, symbol, upper, state, "Saved the correction")
+        return _store(png, symbol, upper, state, "Saved the correction")
 
     def on_symbol(symbol: str | None, case: str | None):
         show = bool(symbol) and labels.has_case(symbol)
@@ -273,6 +305,9 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
         state = _session(state)
         state["last"] = None
         return _result_html(None), None, gr.update(visible=False), state
+
+    def on_reset(state: dict[str, Any] | None):
+        return (blank_canvas(), *on_clear(state))
 
     def on_load(state: dict[str, Any] | None):
         state = _session(state)
@@ -286,9 +321,10 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
             with gr.Tab("Draw", id="draw"), gr.Row(equal_height=False):
                 with gr.Column(scale=5, min_width=320):
                     sketch = gr.Sketchpad(
-                        label="Draw one symbol in the middle — capitals big, lowercase smaller",
+                        label="Write one symbol on the baseline",
                         type="pil",
                         image_mode="RGBA",
+                        value=blank_canvas(),
                         canvas_size=CANVAS,
                         fixed_canvas=True,
                         brush=gr.Brush(default_size=14, colors=["#2b59c3"], color_mode="fixed"),
@@ -303,8 +339,8 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
                         recognise = gr.Button("🔍 Recognise", variant="primary", size="lg", elem_id="ukr-recognise")
                         clear = gr.Button("Clear", size="lg", elem_id="ukr-clear")
                     gr.Markdown(
-                        "Tips: one symbol per drawing · fill most of the canvas for capitals, draw smaller for "
-                        "lowercase · the dots of **ї** and **й**'s breve count."
+                        "Tips: stand the symbol on the solid line · capitals and digits reach the top line, "
+                        "lowercase the dashed one · the dots of **ї** and **й**'s breve count."
                     )
                 with gr.Column(scale=4, min_width=300):
                     result = gr.HTML(_result_html(None), elem_id="ukr-result")
@@ -323,19 +359,25 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
             with gr.Tab("About", id="about"):
                 gr.Markdown(_about_text(no_upper, store.description, api_url))
 
+        # The canvas is an output of the saving and clearing events, but it must never carry their progress
+        # overlay: Gradio leaves an ImageEditor's overlay up after the event ends, and strokes drawn under it are
+        # lost (the next drawing reads as an empty canvas). The progress shows on the result panel instead.
         saved_outputs = [sketch, result, top3, symbol, case, feedback, count, state]
         recognise.click(predict, [sketch, state], [result, top3, symbol, case, feedback, state], api_name="predict")
-        yes.click(confirm, [sketch, state], saved_outputs, api_name="confirm").success(
-            None, js=SELECT_BRUSH_JS, api_visibility="private"
-        )
-        fix.click(correct, [sketch, symbol, case, state], saved_outputs, api_name="correct").success(
-            None, js=SELECT_BRUSH_JS, api_visibility="private"
-        )
+        for button, handler, inputs, name in (
+            (yes, confirm, [sketch, state], "confirm"),
+            (fix, correct, [sketch, symbol, case, state], "correct"),
+        ):
+            button.click(handler, inputs, saved_outputs, api_name=name, show_progress_on=[result]).success(
+                None, js=SELECT_BRUSH_JS, api_visibility="private"
+            )
         symbol.input(on_symbol, [symbol, case], [case], api_visibility="private", show_progress="hidden")
-        clear.click(
-            lambda s: (None, *on_clear(s)), [state], [sketch, result, top3, feedback, state], api_visibility="private"
-        ).then(None, js=SELECT_BRUSH_JS, api_visibility="private")
-        sketch.clear(on_clear, [state], [result, top3, feedback, state], api_visibility="private")
+        reset_outputs = [sketch, result, top3, feedback, state]
+        clear.click(on_reset, [state], reset_outputs, api_visibility="private", show_progress="hidden").then(
+            None, js=SELECT_BRUSH_JS, api_visibility="private"
+        )
+        # the editor's own bin empties the whole value, the guides too: put them back
+        sketch.clear(on_reset, [state], reset_outputs, api_visibility="private", show_progress="hidden")
         app.load(on_load, [state], [count, state], api_visibility="private")
         app.load(None, js=SELECT_BRUSH_JS, api_visibility="private")
     return app
@@ -362,8 +404,8 @@ The training data has **no uppercase** samples for: {letters}.
 The model has to guess their capitals from the lowercase shapes — every capital you draw and confirm teaches it.
 
 ### Good to know
-* Draw one symbol per canvas, centred. Capitals fill most of the canvas, lowercase about half its height: for
-  letters whose two cases have one shape (о/О, с/С, к/К …) size is all the model can go by.
+* Draw one symbol per canvas, standing on the solid line. Capitals and digits reach the top line, lowercase the
+  dashed one: for letters whose two cases have one shape (о/О, с/С, к/К …) size is all the model can go by.
 * Look-alikes are hard: **г/ґ**, **і/ї**, **е/є**, **и/й**, **ш/щ**, **о/0**, **з/3** — draw the marks clearly.
 
 <sub>Recognition service: `{api_url}` · feedback store: `{store}`</sub>
