@@ -11,6 +11,7 @@ Fixtures live in one plugin module per area so that each stays short and has one
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,18 @@ def mirror() -> Path:
     if not (MIRROR / "rukopys" / "glyphs.csv").exists():
         pytest.skip(f"raw-data mirror not found at {MIRROR}; set UKR_HW_DATA_MIRROR")
     return MIRROR
+
+
+@pytest.fixture(autouse=True)
+def mlflow_uris_restored():
+    """Flows point MLflow at their store for the whole process (``tracking.configure``); a test that ran a flow
+    against another store (an ``mlflow server``) must not leave the next test's bare ``mlflow`` calls there."""
+    mlflow = sys.modules.get("mlflow")
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) if mlflow else None
+    yield
+    if before is not None and (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) != before:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
 
 
 @pytest.fixture(scope="session", autouse=True)

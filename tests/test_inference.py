@@ -161,3 +161,27 @@ def test_a_model_records_its_preprocessing_version_and_another_version_warns(cha
     assert f"trained on preprocessing version {VERSION + 1}, this code makes version {VERSION}" in caplog.text
     assert "`ukr-hw train`" in caplog.text
     assert not net.training  # it still loads: a warning, not a refusal
+
+
+def test_loading_by_alias_asks_the_configured_store_and_repoints_nothing(champion_model, tmp_path):
+    """A library call must not move MLflow's process-wide registry: a server process that loads the champion keeps
+    whatever registry it had."""
+    import mlflow
+
+    from ukr_hw.inference import load_net
+    from ukr_hw.settings import get_settings
+
+    before = mlflow.get_registry_uri()
+    elsewhere = f"sqlite:///{tmp_path / 'another-registry.db'}"
+    mlflow.set_registry_uri(elsewhere)
+    try:
+        settings = get_settings(root=tmp_path, mlflow_tracking_uri=champion_model.tracking_uri)
+        net, version = load_net(None, settings)
+        assert version == str(champion_model.version)
+        assert mlflow.get_registry_uri() == elsewhere
+        x = champion_model.test.subset(slice(0, 8))
+        want = Predictor.from_uri(champion_model.model_uri).predict_arrays(x.x, x.ink)[0]
+        got = Predictor(net, version).predict_arrays(x.x, x.ink)[0]
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    finally:
+        mlflow.set_registry_uri(before)

@@ -130,8 +130,13 @@ def load_net(model_uri: str | None = None, settings: Settings | None = None) -> 
     if os.path.isdir(uri):
         return load_net_from_dir(uri), version
     tracking_uri = s.resolved_tracking_uri()
+    if uri.startswith("models:/"):  # the version's storage location, asked of this store (no process-wide URI)
+        from mlflow import MlflowClient
+
+        model_name, _, number = uri[len("models:/") :].partition("/")
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        uri = client.get_model_version_download_uri(model_name, number)
     with tempfile.TemporaryDirectory(prefix="ukr-hw-model-") as tmp:
-        mlflow.set_registry_uri(tracking_uri)
         try:
             for name in (CONFIG_FILE, STATE_DICT_FILE):  # only the two files we need, not the whole model folder
                 mlflow.artifacts.download_artifacts(
