@@ -11,7 +11,6 @@ Fixtures live in one plugin module per area so that each stays short and has one
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -35,13 +34,23 @@ def mirror() -> Path:
 @pytest.fixture(autouse=True)
 def mlflow_uris_restored():
     """Flows point MLflow at their store for the whole process (``tracking.configure``); a test that ran a flow
-    against another store (an ``mlflow server``) must not leave the next test's bare ``mlflow`` calls there."""
-    mlflow = sys.modules.get("mlflow")
-    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) if mlflow else None
+    against another store (an ``mlflow server``) must not leave the next test's bare ``mlflow`` calls there.
+
+    Restores MLflow's own state as it was, not the URIs it resolved to: ``mlflow.set_registry_uri(get_registry_uri())``
+    would pin the registry (and the ``MLFLOW_REGISTRY_URI`` variable) to the store of the day, and every later
+    ``set_tracking_uri`` would leave ``models:/`` URIs resolving there."""
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = (tracking._tracking_uri, registry._registry_uri, {n: os.environ.get(n) for n in names})
     yield
-    if before is not None and (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) != before:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+    tracking._tracking_uri, registry._registry_uri = before[0], before[1]
+    for name, value in before[2].items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session", autouse=True)

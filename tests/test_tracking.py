@@ -15,6 +15,14 @@ from ukr_hw import tracking
 from ukr_hw.inference import Predictor
 
 
+@pytest.fixture(autouse=True)
+def mlflow_at_champion_store(champion_model) -> None:
+    """This module's bare ``mlflow`` calls (``models:/`` URIs) go to the fixture's store, whatever store the test
+    before it left MLflow pointing at (the conftest's ``mlflow_uris_restored`` puts the old URIs back after)."""
+    mlflow.set_tracking_uri(champion_model.tracking_uri)
+    mlflow.set_registry_uri(champion_model.tracking_uri)
+
+
 @pytest.fixture()
 def client(champion_model) -> MlflowClient:
     return MlflowClient(tracking_uri=champion_model.tracking_uri, registry_uri=champion_model.tracking_uri)
