@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -75,6 +76,45 @@ def test_ensemble_answers_with_its_members_averaged_probabilities_and_round_trip
     assert "members" not in network_config(members[0]) and member_nets(members[0]) == [members[0]]
     with pytest.raises(ValueError, match="at least one member"):
         EnsembleNet([])
+
+
+def test_case_threshold_shifts_the_eval_case_logit_and_travels_with_the_model():
+    torch.manual_seed(0)
+    raw = build_network({"width": 4, "hidden": 16})
+    tuned = build_network({"width": 4, "hidden": 16, "case_threshold": 0.6})
+    tuned.load_state_dict(raw.state_dict())
+    x, ink = torch.rand(9, 1, 28, 28), torch.rand(9, 2)
+    with torch.no_grad():
+        raw_case = raw.eval()(x, ink)[1]
+        sym, case = tuned.eval()(x, ink)
+        torch.testing.assert_close(sym, raw(x, ink)[0])  # the symbol head is untouched
+        torch.testing.assert_close(case, raw_case - math.log(0.6 / 0.4))
+        # an uppercase answer (sigmoid > 0.5) is exactly a raw P(upper) above the threshold
+        assert torch.equal(torch.sigmoid(case) > 0.5, torch.sigmoid(raw_case) > 0.6)
+        torch.manual_seed(1)
+        train_case = tuned.train()(x, ink)[1]
+        torch.manual_seed(1)
+        torch.testing.assert_close(train_case, raw.train()(x, ink)[1])  # training sees the raw logit
+    # an ensemble applies the threshold once, to its members' averaged raw P(upper)
+    other = build_network({"width": 4, "hidden": 16, "case_threshold": 0.6}).eval()
+    ens = EnsembleNet([tuned.eval(), other]).eval()
+    with torch.no_grad():
+        raw_upper = (
+            torch.sigmoid(tuned(x, ink)[1] + math.log(1.5)) + torch.sigmoid(other(x, ink)[1] + math.log(1.5))
+        ) / 2
+        torch.testing.assert_close(ens(x, ink)[1], torch.logit(raw_upper, eps=1e-6) - math.log(1.5))
+    config = json.loads(json.dumps(network_config(ens)))  # config.json of a logged model
+    assert config["case_threshold"] == 0.6
+    rebuilt = build_network(config).eval()
+    rebuilt.load_state_dict(ens.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x, ink)[1], ens(x, ink)[1])
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            build_network({"case_threshold": bad})
+    for bad in ("0", "1.2", "high"):
+        with pytest.raises(ConfigError, match="case_threshold must be a probability"):
+            finetune(load_config(None, {"finetune.case_threshold": bad}))
 
 
 def test_masked_case_loss_ignores_digits():

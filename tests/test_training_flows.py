@@ -69,7 +69,8 @@ def test_train_flow_fine_tunes_logs_and_registers_an_ensemble(tiny_project):
     from ukr_hw.inference import Predictor
     from ukr_hw.model.network import EnsembleNet
 
-    out = train(config_path=TINY, overrides={"finetune.epochs": "1", "finetune.members": "2"})
+    overrides = {"finetune.epochs": "1", "finetune.members": "2", "finetune.case_threshold": "0.6"}
+    out = train(config_path=TINY, overrides=overrides)
     assert out["promoted"] is True
     m = out["metrics"]
     assert {"member0_symbol_accuracy", "member1_symbol_accuracy", "member1_case_accuracy"} <= m.keys()
@@ -82,9 +83,14 @@ def test_train_flow_fine_tunes_logs_and_registers_an_ensemble(tiny_project):
     predictor = Predictor.from_uri()  # the champion, rebuilt from config.json + state_dict: both members
     assert isinstance(predictor.net, EnsembleNet) and len(predictor.net.members) == 2
     test = load_samples(tiny_project / "data" / "processed" / TEST_FILE)
-    probs, _ = predictor.predict_arrays(test.x, test.ink)
+    probs, case = predictor.predict_arrays(test.x, test.ink)
     assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
     assert float((probs.argmax(1) == test.y).mean()) == pytest.approx(m["symbol_accuracy"], abs=1e-4)
+    # the case operating point was set after training, logged with the model and applied by the loaded one
+    assert [net.config.case_threshold for net in predictor.net.members] == [0.6, 0.6]
+    letters = test.case >= 0
+    case_acc = float(((case[letters] > 0.5).astype(int) == test.case[letters]).mean())
+    assert case_acc == pytest.approx(m["case_accuracy"], abs=1e-4)
 
 
 def test_train_flow_rejects_bad_override(tiny_project):

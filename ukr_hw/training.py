@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
         "mnist_limit": 0,  #: MNIST training digits mixed into fine-tuning (keeps digits as good as after pretraining)
         "use_strokes": True,  #: the rendered sketchpad drawings (strokes_train.npz) join fine-tuning
         "members": 1,  #: K > 1: fine-tune K networks (seeds seed..seed+K-1) and serve their averaged probabilities
+        "case_threshold": 0.5,  #: P(upper) above which a letter is uppercase, stored with the model (NetConfig)
     },
     "augment": {},  #: fine-tune augmentation, see ukr_hw.model.augment.AugmentConfig (defaults when empty)
 }
@@ -333,6 +335,7 @@ def finetune(
         raise ConfigError(f"finetune.members must be 1 (one network) or more, got {k_members}")
     if k_members > 1 and callbacks:
         raise ConfigError("finetune.members > 1 cannot take training callbacks (Optuna pruning): set it to 1")
+    threshold = _case_threshold(config)
     inits = member_nets(init) if init is not None else [None]
     members, fits = [], []
     for k in range(k_members):
@@ -350,6 +353,8 @@ def finetune(
         )
         members.append(net)
         fits.append(fit)
+    for member in members:  # the operating point, set after training: the fit saw the raw case logit
+        member.config = replace(member.config, case_threshold=threshold)
     net = members[0] if k_members == 1 else EnsembleNet(members).eval()
     test = test if test is not None else load_samples(s.processed_dir / split.TEST_FILE)
     report = evaluate(net, test)
@@ -367,6 +372,17 @@ def finetune(
             report.metrics[f"member{k}_symbol_accuracy"] = m["symbol_accuracy"]
             report.metrics[f"member{k}_case_accuracy"] = m["case_accuracy"]
     return net, report
+
+
+def _case_threshold(config: Mapping[str, Any]) -> float:
+    value = config["finetune"].get("case_threshold", 0.5)
+    try:
+        threshold = float(0.5 if value is None else value)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0.0 < threshold < 1.0:
+        raise ConfigError(f"finetune.case_threshold must be a probability strictly between 0 and 1, got {value!r}")
+    return threshold
 
 
 def _finetune_one(

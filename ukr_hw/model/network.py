@@ -3,6 +3,8 @@
 Input ``x`` is ``(B, 1, 28, 28)`` float in [0, 1] (ink = 1) and ``ink`` is ``(B, 2)``: the ink box's height and
 width relative to the canvas (see ``ukr_hw.preprocess.Glyph.features``), which the case head sees next to the
 image features because uppercase letters are drawn bigger. Outputs are logits: ``(B, 43)`` and ``(B,)``.
+In eval mode the case logit is shifted by the model's ``case_threshold`` (its operating point, set after
+fine-tuning), so ``sigmoid(case) > 0.5`` is the model's answer wherever it is read.
 Built from a plain dict so a logged model is rebuilt from ``config.json`` + ``state_dict`` without pickles.
 """
 
@@ -24,6 +26,19 @@ class NetConfig:
     dropout: float = 0.2
     use_ink_features: bool = True  #: feed the ink-box geometry to the case head
     ink_to_symbol: bool = False  #: feed it to the symbol head as well (з vs 3, о vs 0: the same shape, other sizes)
+    #: P(upper) of the trained case head above which a letter is uppercase. Fine-tuning sets it
+    #: (``finetune.case_threshold``) after training; in eval mode ``forward`` subtracts its logit from the case
+    #: logit, so the reported probability and every ``> 0.5`` decision follow it. Training sees the raw logit.
+    case_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.case_threshold < 1.0:
+            raise ValueError(f"case_threshold must lie strictly between 0 and 1, got {self.case_threshold}")
+
+    @property
+    def case_shift(self) -> float:
+        """The logit of :attr:`case_threshold`: what eval mode subtracts from the case logit."""
+        return math.log(self.case_threshold / (1.0 - self.case_threshold))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,16 +97,18 @@ class UkrHwNet(nn.Module):
     def forward(self, x: torch.Tensor, ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.body(x.contiguous(memory_format=self.memory_format))
         zc = torch.cat([z, ink], dim=1) if self.config.use_ink_features else z
-        return self.symbol_head(zc if self.config.ink_to_symbol else z), self.case_head(zc).squeeze(1)
+        case = self.case_head(zc).squeeze(1) - case_shift(self)
+        return self.symbol_head(zc if self.config.ink_to_symbol else z), case
 
 
 class EnsembleNet(nn.Module):
     """Several :class:`UkrHwNet` fine-tuned from one body with different seeds, answering as one network.
 
     The outputs keep the single network's contract (logits): the symbol "logits" are the log of the members'
-    averaged probabilities and the case logit is the logit of their averaged P(upper), so softmax/sigmoid of
-    them give the averaged probabilities. Averaging members is the cheapest robust gain measured on other
-    writers' drawings (README, Measured); each member costs one more forward pass (~1.4 ms on a CPU).
+    averaged probabilities and the case logit is the logit of their averaged raw P(upper), shifted once by the
+    members' ``case_threshold`` (eval mode), so softmax/sigmoid of them give the averaged probabilities.
+    Averaging members is the cheapest robust gain measured on other writers' drawings (README, Measured); each
+    member costs one more forward pass (~1.4 ms on a CPU).
     """
 
     def __init__(self, members: list[UkrHwNet]) -> None:
@@ -104,11 +121,18 @@ class EnsembleNet(nn.Module):
     def forward(self, x: torch.Tensor, ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outs = [m(x, ink) for m in self.members]
         log_probs = torch.stack([torch.log_softmax(s, dim=1) for s, _ in outs]).logsumexp(0) - math.log(len(outs))
-        upper = torch.stack([torch.sigmoid(c) for _, c in outs]).mean(0)
-        return log_probs, torch.logit(upper, eps=1e-6)
+        # the members' raw P(upper) averaged, then the ensemble's own threshold (the members' config) applied once
+        raw = [torch.sigmoid(c + case_shift(m)) for m, (_, c) in zip(self.members, outs, strict=True)]
+        upper = torch.stack(raw).mean(0)
+        return log_probs, torch.logit(upper, eps=1e-6) - case_shift(self)
 
 
 Network = UkrHwNet | EnsembleNet
+
+
+def case_shift(net: nn.Module) -> float:
+    """What ``net`` subtracts from its case logit now: the logit of its ``case_threshold`` in eval mode, else 0."""
+    return 0.0 if net.training else net.config.case_shift
 
 
 def member_nets(net: Network) -> list[UkrHwNet]:
