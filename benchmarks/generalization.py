@@ -107,7 +107,9 @@ def build_sets(settings: Settings, holdout: list[str] | None, per_symbol: int, s
     return sets
 
 
-def score(probs: np.ndarray, case_prob: np.ndarray, samples: Samples) -> dict[str, object]:
+def score(probs: np.ndarray, case_prob: np.ndarray, samples: Samples, case_threshold: float = 0.5) -> dict[str, object]:
+    """Symbol and case accuracy, letters↔digits shares, worst classes and top confusions of one set's predictions;
+    a letter counts as uppercase at ``case_prob >= case_threshold``."""
     pred = probs.argmax(1)
     y, case = samples.y, samples.case
     letters = y >= N_DIGITS
@@ -115,7 +117,7 @@ def score(probs: np.ndarray, case_prob: np.ndarray, samples: Samples) -> dict[st
     out: dict[str, object] = {
         "n": len(y),
         "symbol_accuracy": float((pred == y).mean()) if len(y) else float("nan"),
-        "case_accuracy": float(((case_prob[has_case] >= 0.5).astype(int) == case[has_case]).mean())
+        "case_accuracy": float(((case_prob[has_case] >= case_threshold).astype(int) == case[has_case]).mean())
         if has_case.any()
         else float("nan"),
         "letters_as_digits": float((pred[letters] < N_DIGITS).mean()) if letters.any() else float("nan"),

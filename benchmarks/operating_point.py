@@ -29,13 +29,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from generalization import build_sets  # noqa: E402
+from generalization import N_DIGITS, build_sets, score  # noqa: E402
 from recipe import _sets  # noqa: E402
 
 from ukr_hw.data import split  # noqa: E402
 from ukr_hw.data.arrays import load_samples  # noqa: E402
 from ukr_hw.inference import Predictor  # noqa: E402
-from ukr_hw.labels import CASE_NONE, DIGITS, NUM_CLASSES, index_of  # noqa: E402
+from ukr_hw.labels import NUM_CLASSES  # noqa: E402
 from ukr_hw.model.network import member_nets  # noqa: E402
 from ukr_hw.settings import get_settings  # noqa: E402
 
@@ -58,34 +58,25 @@ def main(argv: list[str] | None = None) -> int:
         sets["finetune-test"] = load_samples(settings.processed_dir / split.TEST_FILE)
     predictor = Predictor.from_uri(args.model_uri)
     own = member_nets(predictor.net)[0].config.case_threshold
-    for net in {predictor.net, *member_nets(predictor.net)}:  # read the raw case head (an ensemble's own too)
+    for net in member_nets(predictor.net):  # read the raw case head
         net.config = replace(net.config, case_threshold=0.5)
-    logp, upper = {}, {}
-    for name, s in sets.items():
-        probs, case = predictor.predict_arrays(s.x.astype(np.float32) / 255.0, s.ink)
-        logp[name], upper[name] = np.log(probs + 1e-9), case
+    predictions = {n: predictor.predict_arrays(s.x.astype(np.float32) / 255.0, s.ink) for n, s in sets.items()}
     print(f"model version {predictor.model_version} (its case threshold: {own})")
     head = "  ".join(f"{n:>22}" for n in sets)
 
     print("\ncase accuracy (letters) by case threshold\nthreshold " + head)
     for t in args.threshold:
-        cells = []
-        for name, s in sets.items():
-            letter = s.case != CASE_NONE
-            cells.append(f"{((upper[name][letter] > t).astype(int) == s.case[letter]).mean():.3f}")
+        cells = [f"{score(*predictions[n], s, case_threshold=t)['case_accuracy']:.3f}" for n, s in sets.items()]
         print(f"{t:9.2f} " + "  ".join(f"{c:>22}" for c in cells))
 
-    is_digit = np.zeros(NUM_CLASSES, bool)
-    is_digit[[index_of(d) for d in DIGITS]] = True
+    is_digit = np.arange(NUM_CLASSES) < N_DIGITS
     print("\nsymbol accuracy  letters→digits / digits→letters, by digit log-prior bias\n     bias " + head)
     for bias in args.bias:
         cells = []
         for name, s in sets.items():
-            pred = (logp[name] + bias * is_digit).argmax(1)
-            letter = ~is_digit[s.y]
-            l2d = (is_digit[pred] & letter).sum() / max(letter.sum(), 1)
-            d2l = (~is_digit[pred] & ~letter).sum() / max((~letter).sum(), 1)
-            cells.append(f"{(pred == s.y).mean():.3f} {l2d:5.1%}/{d2l:5.1%}")
+            probs, upper = predictions[name]
+            r = score(probs * np.where(is_digit, np.exp(bias), 1.0), upper, s)
+            cells.append(f"{r['symbol_accuracy']:.3f} {r['letters_as_digits']:5.1%}/{r['digits_as_letters']:5.1%}")
         print(f"{bias:9.2f} " + "  ".join(f"{c:>22}" for c in cells))
     return 0
 

@@ -375,14 +375,14 @@ def finetune(
 
 
 def _case_threshold(config: Mapping[str, Any]) -> float:
-    value = config["finetune"].get("case_threshold", 0.5)
+    """``finetune.case_threshold``, checked by :class:`NetConfig` before any training starts."""
+    value = config["finetune"].get("case_threshold")
     try:
-        threshold = float(0.5 if value is None else value)
-    except (TypeError, ValueError):
-        threshold = float("nan")
-    if not 0.0 < threshold < 1.0:
-        raise ConfigError(f"finetune.case_threshold must be a probability strictly between 0 and 1, got {value!r}")
-    return threshold
+        return NetConfig(case_threshold=float(0.5 if value is None else value)).case_threshold
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"finetune.case_threshold must be a probability strictly between 0 and 1, got {value!r}"
+        ) from e
 
 
 def _finetune_one(

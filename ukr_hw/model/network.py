@@ -116,12 +116,16 @@ class EnsembleNet(nn.Module):
         if not members:
             raise ValueError("an ensemble needs at least one member network")
         self.members = nn.ModuleList(members)
-        self.config = members[0].config  # the members' architecture (they share it)
+
+    @property
+    def config(self) -> NetConfig:
+        """The members' architecture and case threshold (they share them)."""
+        return self.members[0].config
 
     def forward(self, x: torch.Tensor, ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outs = [m(x, ink) for m in self.members]
         log_probs = torch.stack([torch.log_softmax(s, dim=1) for s, _ in outs]).logsumexp(0) - math.log(len(outs))
-        # the members' raw P(upper) averaged, then the ensemble's own threshold (the members' config) applied once
+        # the members' raw P(upper) averaged, then the threshold applied once
         raw = [torch.sigmoid(c + case_shift(m)) for m, (_, c) in zip(self.members, outs, strict=True)]
         upper = torch.stack(raw).mean(0)
         return log_probs, torch.logit(upper, eps=1e-6) - case_shift(self)
