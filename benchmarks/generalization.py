@@ -69,40 +69,49 @@ def holdout_fonts(settings: Settings, stems: list[str] | None) -> list[Path]:
     return fonts.list_fonts(probe)
 
 
-def build_sets(settings: Settings, holdout: list[str] | None, per_symbol: int, seed: int) -> dict[str, Samples]:
-    """The held-out evaluation sets (deterministic for a seed)."""
+SETS = ("fonts-heldout", "strokes-light", "strokes-dark", "paper-plain", "paper-squared", "finetune-test")
+
+
+def build_sets(
+    settings: Settings, holdout: list[str] | None, per_symbol: int, seed: int, only: tuple[str, ...] = SETS
+) -> dict[str, Samples]:
+    """The held-out evaluation sets named in ``only`` (all of :data:`SETS` by default; deterministic for a seed)."""
     sets: dict[str, Samples] = {}
-    held = holdout_fonts(settings, holdout)
+    held = holdout_fonts(settings, holdout) if "fonts-heldout" in only else []
     if held:
         print(f"held-out fonts: {', '.join(p.stem for p in held)}", file=sys.stderr)
         sets["fonts-heldout"] = fonts.render_font_glyphs(settings, fonts=held, per_symbol=per_symbol, seed=seed)
-    else:
+    elif "fonts-heldout" in only:
         print("no held-out fonts installed: fonts-heldout skipped (see deploy/fonts.txt)", file=sys.stderr)
-    sets["strokes-light"] = strokes.render_stroke_glyphs(
-        settings, per_symbol=per_symbol, seed=seed + 1, themes=("light",), widths=(0.01, 0.025), sizes=(300, 500)
-    )
-    sets["strokes-dark"] = strokes.render_stroke_glyphs(
-        settings,
-        per_symbol=per_symbol,
-        seed=seed + 2,
-        themes=("dark",),
-        widths=(0.06, 0.09),
-        sizes=(256, 640),
-        variation=1.5,
-    )
-    for k, medium in enumerate(("paper", "squared")):
-        sets[f"paper-{'plain' if medium == 'paper' else medium}"] = strokes.render_stroke_glyphs(
+    if "strokes-light" in only:
+        sets["strokes-light"] = strokes.render_stroke_glyphs(
+            settings, per_symbol=per_symbol, seed=seed + 1, themes=("light",), widths=(0.01, 0.025), sizes=(300, 500)
+        )
+    if "strokes-dark" in only:
+        sets["strokes-dark"] = strokes.render_stroke_glyphs(
             settings,
             per_symbol=per_symbol,
-            seed=seed + 3 + k,
-            widths=(0.012, 0.035),
-            sizes=(480, 800, 1200),
-            variation=1.2,
-            medium=medium,
-            source="paper",
+            seed=seed + 2,
+            themes=("dark",),
+            widths=(0.06, 0.09),
+            sizes=(256, 640),
+            variation=1.5,
         )
+    for k, medium in enumerate(("paper", "squared")):
+        name = f"paper-{'plain' if medium == 'paper' else medium}"
+        if name in only:
+            sets[name] = strokes.render_stroke_glyphs(
+                settings,
+                per_symbol=per_symbol,
+                seed=seed + 3 + k,
+                widths=(0.012, 0.035),
+                sizes=(480, 800, 1200),
+                variation=1.2,
+                medium=medium,
+                source="paper",
+            )
     test_path = settings.processed_dir / split.TEST_FILE
-    if test_path.exists():
+    if "finetune-test" in only and test_path.exists():
         sets["finetune-test"] = load_samples(test_path)
     return sets
 

@@ -155,6 +155,11 @@ def test_retrain_learns_from_feedback_with_lineage(project) -> None:
     assert arts == [f"lineage/feedback_samples-{result['data_version']}.jsonl"]
     retrained, _ = load_net(f"models:/{s.model_name}/{version}", s)
     assert len(member_nets(retrained)) == 2  # an ensemble champion retrains into an ensemble
+    # 10 drawings leave too few held-out feedback letters to re-fit the case threshold: the configured one stays,
+    # logged with the evidence, and the registered model carries it
+    logged = client.get_run(result["run_id"]).data.metrics
+    assert logged["test_case_threshold_fit_letters"] < 60
+    assert [m.config.case_threshold for m in member_nets(retrained)] == [logged["test_case_threshold"]] * 2
     # promoted only under the gate
     champion = tracking.champion_version()
     if result["promoted"]:

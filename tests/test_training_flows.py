@@ -69,7 +69,15 @@ def test_train_flow_fine_tunes_logs_and_registers_an_ensemble(tiny_project):
     from ukr_hw.inference import Predictor
     from ukr_hw.model.network import EnsembleNet
 
-    overrides = {"finetune.epochs": "1", "finetune.members": "2", "finetune.case_threshold": "0.6"}
+    overrides = {
+        "finetune.epochs": "1",
+        "finetune.members": "2",
+        "finetune.case_threshold": "0.6",
+        # re-fitted on the members' held-out letters (here the tiny data's "rukopys" ones, in retraining feedback)
+        "finetune.case_threshold_fit.sources": "[rukopys]",
+        "finetune.case_threshold_fit.min_letters": "1",
+        "finetune.case_threshold_fit.min_gain": "0",
+    }
     out = train(config_path=TINY, overrides=overrides)
     assert out["promoted"] is True
     m = out["metrics"]
@@ -87,7 +95,12 @@ def test_train_flow_fine_tunes_logs_and_registers_an_ensemble(tiny_project):
     assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
     assert float((probs.argmax(1) == test.y).mean()) == pytest.approx(m["symbol_accuracy"], abs=1e-4)
     # the case operating point was set after training, logged with the model and applied by the loaded one
-    assert [net.config.case_threshold for net in predictor.net.members] == [0.6, 0.6]
+    assert m["case_threshold_fit_letters"] > 0
+    assert m["case_threshold_fit_accuracy"] >= m["case_threshold_fit_accuracy_configured"]
+    gained = m["case_threshold_fit_accuracy"] > m["case_threshold_fit_accuracy_configured"]
+    assert (m["case_threshold"] != 0.6) == gained  # moved from 0.6 only for a better accuracy on those letters
+    assert run.data.metrics["test_case_threshold"] == pytest.approx(m["case_threshold"])
+    assert [net.config.case_threshold for net in predictor.net.members] == [m["case_threshold"]] * 2
     letters = test.case >= 0
     case_acc = float(((case[letters] > 0.5).astype(int) == test.case[letters]).mean())
     assert case_acc == pytest.approx(m["case_accuracy"], abs=1e-4)

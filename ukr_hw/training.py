@@ -26,6 +26,7 @@ import yaml
 
 from ukr_hw.data import split, steps
 from ukr_hw.data.arrays import Samples, load_samples
+from ukr_hw.model import case_threshold
 from ukr_hw.model.evaluate import EvalReport, evaluate, write_reports
 from ukr_hw.model.network import EnsembleNet, NetConfig, Network, UkrHwNet, build_network, member_nets
 from ukr_hw.settings import Settings, get_settings
@@ -79,6 +80,8 @@ DEFAULTS: dict[str, Any] = {
         "use_strokes": True,  #: the rendered sketchpad drawings (strokes_train.npz) join fine-tuning
         "members": 1,  #: K > 1: fine-tune K networks (seeds seed..seed+K-1) and serve their averaged probabilities
         "case_threshold": 0.5,  #: P(upper) above which a letter is uppercase, stored with the model (NetConfig)
+        #: re-fit case_threshold on the members' held-out letters from these sources (feedback), given enough
+        "case_threshold_fit": dict(case_threshold.DEFAULTS),
     },
     "augment": {},  #: fine-tune augmentation, see ukr_hw.model.augment.AugmentConfig (defaults when empty)
 }
@@ -323,8 +326,10 @@ def finetune(
     Optuna pruning callback: single models only); ``make_logger(prefix)`` gives each member's Lightning logger
     (``tracking.logger_factory``; prefix ``""`` for a single model, ``"member0"``, ``"member1"``, … in an
     ensemble). The weights of each member's best validation epoch are kept. ``report.metrics`` also gets
-    ``val_score``, ``best_epoch`` (means over members), ``train_seconds`` and, for an ensemble, each member's
-    ``member<k>_symbol_accuracy`` / ``member<k>_case_accuracy`` on the test split.
+    ``val_score``, ``best_epoch`` (means over members), ``train_seconds``, the ``case_threshold`` the model got
+    (``finetune.case_threshold``, or re-fitted on users' held-out letters: :mod:`ukr_hw.model.case_threshold`) with
+    the evidence for it, and, for an ensemble, each member's ``member<k>_symbol_accuracy`` /
+    ``member<k>_case_accuracy`` on the test split.
     """
     s = settings or get_settings()
     setup_torch(s)
@@ -335,15 +340,15 @@ def finetune(
         raise ConfigError(f"finetune.members must be 1 (one network) or more, got {k_members}")
     if k_members > 1 and callbacks:
         raise ConfigError("finetune.members > 1 cannot take training callbacks (Optuna pruning): set it to 1")
-    threshold = _case_threshold(config)
+    configured, fit_settings = _case_threshold(config)
     inits = member_nets(init) if init is not None else [None]
-    members, fits = [], []
+    members, fits, val_slices = [], [], []
     for k in range(k_members):
         member_config = {**config, "seed": int(config["seed"]) + k}
         prefix = f"member{k}" if k_members > 1 else ""
         if k_members > 1:
             log.info("fine-tune: member %d of %d (seed %d)", k + 1, k_members, member_config["seed"])
-        net, fit = _finetune_one(
+        net, fit, val = _finetune_one(
             member_config,
             s,
             inits[k % len(inits)],
@@ -353,8 +358,14 @@ def finetune(
         )
         members.append(net)
         fits.append(fit)
-    for member in members:  # the operating point, set after training: the fit saw the raw case logit
-        member.config = replace(member.config, case_threshold=threshold)
+        val_slices.append(val)
+    # the operating point, set after training (the fit saw the raw case logit); re-fitted on users' held-out letters
+    p_upper, is_upper = case_threshold.out_of_fold(members, val_slices, fit_settings["sources"])
+    guard = case_threshold.out_of_fold(members, val_slices, fit_settings["guard_sources"])
+    threshold = case_threshold.fit(p_upper, is_upper, configured, fit_settings, guard)
+    log.info("fine-tune: case threshold %.2f (%s)", threshold.threshold, threshold.reason)
+    for member in members:
+        member.config = replace(member.config, case_threshold=threshold.threshold)
     net = members[0] if k_members == 1 else EnsembleNet(members).eval()
     test = test if test is not None else load_samples(s.processed_dir / split.TEST_FILE)
     report = evaluate(net, test)
@@ -364,6 +375,7 @@ def finetune(
             "best_epoch": sum(f["best_epoch"] for f in fits) / len(fits),
             "epochs_run": float(sum(f["epochs_run"] for f in fits)),
             "train_seconds": round(time.perf_counter() - t0, 1),
+            **threshold.metrics(),
         }
     )
     if k_members > 1:
@@ -374,15 +386,21 @@ def finetune(
     return net, report
 
 
-def _case_threshold(config: Mapping[str, Any]) -> float:
-    """``finetune.case_threshold``, checked by :class:`NetConfig` before any training starts."""
+def _case_threshold(config: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
+    """``finetune.case_threshold`` (checked by :class:`NetConfig`) and ``finetune.case_threshold_fit``, both checked
+    before any training starts."""
     value = config["finetune"].get("case_threshold")
     try:
-        return NetConfig(case_threshold=float(0.5 if value is None else value)).case_threshold
+        threshold = NetConfig(case_threshold=float(0.5 if value is None else value)).case_threshold
     except (TypeError, ValueError) as e:
         raise ConfigError(
             f"finetune.case_threshold must be a probability strictly between 0 and 1, got {value!r}"
         ) from e
+    try:
+        fit_settings = case_threshold.check(config["finetune"].get("case_threshold_fit") or {})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"finetune.case_threshold_fit: {e}") from e
+    return threshold, fit_settings
 
 
 def _finetune_one(
@@ -393,8 +411,9 @@ def _finetune_one(
     extra: Samples | None,
     callbacks: Sequence[Any],
     logger: Any,
-) -> tuple[UkrHwNet, dict[str, float]]:
-    """One network fine-tuned with ``config["seed"]``: its best-validation weights and how the fit went."""
+) -> tuple[UkrHwNet, dict[str, float], Samples | None]:
+    """One network fine-tuned with ``config["seed"]``: its best-validation weights, how the fit went, its
+    validation slice."""
     from lightning.pytorch.callbacks import EarlyStopping
 
     from ukr_hw.model.lit import BestWeights, LitUkrHw
@@ -415,11 +434,15 @@ def _finetune_one(
         cbs.append(EarlyStopping("val/score", mode="max", patience=int(f["patience"])))
     trainer = make_trainer(config, f["epochs"], callbacks=cbs, logger=logger)
     trainer.fit(lit, datamodule=dm)
-    return lit.net.eval(), {
-        "val_score": float(best.best) if best.best is not None else float("nan"),
-        "best_epoch": float(best.best_epoch if best.best_epoch is not None else -1),
-        "epochs_run": float(trainer.current_epoch),
-    }
+    return (
+        lit.net.eval(),
+        {
+            "val_score": float(best.best) if best.best is not None else float("nan"),
+            "best_epoch": float(best.best_epoch if best.best_epoch is not None else -1),
+            "epochs_run": float(trainer.current_epoch),
+        },
+        dm.val_samples,
+    )
 
 
 def save_reports(report: EvalReport, settings: Settings | None = None) -> dict[str, Path]:
