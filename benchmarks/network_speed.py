@@ -7,6 +7,9 @@ pretrain (256) batch sizes, and inference at 1, 64 and 256 images, for the confi
 (``configs/train.yaml`` ``net``). The two layouts are measured in alternating rounds and each figure is the median
 over rounds, so a noisy machine shifts both alike; compare the ratio column. It first checks that both layouts
 give the same outputs (to 1e-4) and stops if they do not.
+
+Then inference with and without the nearest-neighbour memory (``finetune.knn_weight``; ``--memory`` glyphs, the
+size of one member's memory in the pipeline), in the same alternating way.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import copy
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per layout (median reported)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--memory", type=int, default=2600, help="glyphs in the memory compared (0: skip)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -99,7 +104,26 @@ def main(argv: list[str] | None = None) -> int:
         nhwc = statistics.median(times[(what, batch, "NHWC")])
         nchw = statistics.median(times[(what, batch, "NCHW")])
         print(f"{what:12s} {batch:5d} {nhwc:9.2f} {nchw:9.2f} {nchw / nhwc:8.2f}x  {batch / nhwc * 1000:10.0f}")
+    if args.memory:
+        memory_speed(nets["NHWC"], args.memory, args.rounds)
     return 0
+
+
+def memory_speed(net: UkrHwNet, size: int, rounds: int) -> None:
+    """Inference (NHWC) without and with a memory of ``size`` glyphs (random ones: only the cost is measured)."""
+    with_memory = copy.deepcopy(net)
+    with_memory.config = replace(with_memory.config, knn_weight=0.2)
+    with_memory.remember(torch.rand(size, 1, 28, 28), torch.randint(0, 43, (size,)))
+    nets = {"plain": net, "memory": with_memory}
+    times: dict[tuple[int, str], list[float]] = {}
+    for _ in range(rounds):
+        for batch, repeats in ((1, 200), (64, 50), (256, 20)):
+            for name, n in nets.items():
+                times.setdefault((batch, name), []).append(infer_ms(n, batch, repeats))
+    print(f"\ninference {'batch':>5s} {'plain ms':>9s} {f'memory {size}':>12s} {'memory/plain':>12s}")
+    for batch in (1, 64, 256):
+        plain, mem = (statistics.median(times[(batch, name)]) for name in nets)
+        print(f"{'':9s} {batch:5d} {plain:9.2f} {mem:12.2f} {mem / plain:11.2f}x")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from tests.tiny_data import make_samples, write_tiny_processed
 from ukr_hw.data.arrays import Samples
@@ -115,6 +116,47 @@ def test_case_threshold_shifts_the_eval_case_logit_and_travels_with_the_model():
     for bad in ("0", "1.2", "high"):
         with pytest.raises(ConfigError, match="case_threshold must be a probability"):
             finetune(load_config(None, {"finetune.case_threshold": bad}))
+
+
+def test_memory_blends_the_nearest_training_glyphs_vote_in_eval_mode_and_travels_in_the_state_dict():
+    torch.manual_seed(0)
+    plain = build_network({"width": 4, "hidden": 16}).eval()
+    net = build_network({"width": 4, "hidden": 16, "knn_weight": 0.5, "knn_k": 1}).eval()
+    net.load_state_dict(plain.state_dict())  # an older model without a memory loads, with an empty one
+    x, ink = torch.rand(6, 1, 28, 28), torch.rand(6, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, ink)[0], plain(x, ink)[0])  # no memory: the network alone
+        labels = torch.tensor([7, 20, 7, 30, 1, 42])
+        net.remember(x, labels)
+        assert net.knn_keys.shape == (6, 16) and net.knn_labels.tolist() == labels.tolist()
+        # the nearest remembered glyph (k = 1) of each input votes for its class with half the weight
+        nearest = (nn.functional.normalize(net.body(x)) @ net.knn_keys.T).argmax(1)
+        sym, case = net(x, ink)
+        probs = torch.softmax(sym, 1)
+        torch.testing.assert_close(probs.sum(1), torch.ones(6))
+        vote = nn.functional.one_hot(labels[nearest], NUM_CLASSES).float()
+        torch.testing.assert_close(probs, 0.5 * torch.softmax(plain(x, ink)[0], 1) + 0.5 * vote)
+        torch.testing.assert_close(case, plain(x, ink)[1])  # the case head is untouched
+        torch.manual_seed(1)
+        train_sym = net.train()(x, ink)[0]
+        torch.manual_seed(1)
+        torch.testing.assert_close(train_sym, plain.train()(x, ink)[0])  # training sees the network alone
+    net.eval()
+    plain.eval()
+    # the memory is part of the state_dict: a model rebuilt from config.json + state_dict answers the same
+    ens = EnsembleNet([net, build_network({"width": 4, "hidden": 16, "knn_weight": 0.5, "knn_k": 1})]).eval()
+    ens.members[1].remember(x[:3], labels[:3])
+    rebuilt = build_network(json.loads(json.dumps(network_config(ens)))).eval()
+    rebuilt.load_state_dict(ens.state_dict())
+    assert [len(m.knn_labels) for m in rebuilt.members] == [6, 3]
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x, ink)[0], ens(x, ink)[0])
+    assert len(net.forget().knn_labels) == 0
+    for bad in ({"knn_weight": 1.0}, {"knn_weight": -0.1}, {"knn_k": 0}, {"knn_temperature": 0}):
+        with pytest.raises(ValueError, match="knn"):
+            build_network(bad)
+    with pytest.raises(ConfigError, match="knn"):
+        finetune(load_config(None, {"finetune.knn_weight": "1.5"}))
 
 
 def test_masked_case_loss_ignores_digits():

@@ -77,6 +77,7 @@ def test_train_flow_fine_tunes_logs_and_registers_an_ensemble(tiny_project):
         "finetune.case_threshold_fit.sources": "[rukopys]",
         "finetune.case_threshold_fit.min_letters": "1",
         "finetune.case_threshold_fit.min_gain": "0",
+        "finetune.knn_weight": "0.2",
     }
     out = train(config_path=TINY, overrides=overrides)
     assert out["promoted"] is True
@@ -90,6 +91,9 @@ def test_train_flow_fine_tunes_logs_and_registers_an_ensemble(tiny_project):
 
     predictor = Predictor.from_uri()  # the champion, rebuilt from config.json + state_dict: both members
     assert isinstance(predictor.net, EnsembleNet) and len(predictor.net.members) == 2
+    # each member remembers its own training glyphs (its validation slice differs), logged in its state_dict
+    memories = [len(net.knn_labels) for net in predictor.net.members]
+    assert all(n > 0 for n in memories) and {net.config.knn_weight for net in predictor.net.members} == {0.2}
     test = load_samples(tiny_project / "data" / "processed" / TEST_FILE)
     probs, case = predictor.predict_arrays(test.x, test.ink)
     assert np.allclose(probs.sum(1), 1.0, atol=1e-4)

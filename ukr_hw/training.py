@@ -82,6 +82,10 @@ DEFAULTS: dict[str, Any] = {
         "case_threshold": 0.5,  #: P(upper) above which a letter is uppercase, stored with the model (NetConfig)
         #: re-fit case_threshold on the members' held-out letters from these sources (feedback), given enough
         "case_threshold_fit": dict(case_threshold.DEFAULTS),
+        #: share of a nearest-neighbour vote over each member's training glyphs in its symbol probabilities (0: off)
+        "knn_weight": 0.0,
+        "knn_k": 5,
+        "knn_temperature": 0.1,
     },
     "augment": {},  #: fine-tune augmentation, see ukr_hw.model.augment.AugmentConfig (defaults when empty)
 }
@@ -329,7 +333,9 @@ def finetune(
     ``val_score``, ``best_epoch`` (means over members), ``train_seconds``, the ``case_threshold`` the model got
     (``finetune.case_threshold``, or re-fitted on users' held-out letters: :mod:`ukr_hw.model.case_threshold`) with
     the evidence for it, and, for an ensemble, each member's ``member<k>_symbol_accuracy`` /
-    ``member<k>_case_accuracy`` on the test split.
+    ``member<k>_case_accuracy`` on the test split. With ``finetune.knn_weight`` > 0 each member remembers its
+    training glyphs (``GlyphDataModule.memory_samples``) after training: a nearest-neighbour vote in its symbol
+    probabilities (:meth:`~ukr_hw.model.network.UkrHwNet.remember`).
     """
     s = settings or get_settings()
     setup_torch(s)
@@ -341,6 +347,7 @@ def finetune(
     if k_members > 1 and callbacks:
         raise ConfigError("finetune.members > 1 cannot take training callbacks (Optuna pruning): set it to 1")
     configured, fit_settings = _case_threshold(config)
+    memory = _memory(config)
     inits = member_nets(init) if init is not None else [None]
     members, fits, val_slices = [], [], []
     for k in range(k_members):
@@ -348,7 +355,7 @@ def finetune(
         prefix = f"member{k}" if k_members > 1 else ""
         if k_members > 1:
             log.info("fine-tune: member %d of %d (seed %d)", k + 1, k_members, member_config["seed"])
-        net, fit, val = _finetune_one(
+        net, fit, dm = _finetune_one(
             member_config,
             s,
             inits[k % len(inits)],
@@ -358,14 +365,23 @@ def finetune(
         )
         members.append(net)
         fits.append(fit)
-        val_slices.append(val)
+        val_slices.append(dm.val_samples)
+        if memory.knn_weight > 0:  # the memory: this member's training glyphs, embedded by its final weights
+            glyphs = dm.memory_samples
+            net.remember(torch.from_numpy(glyphs.x).float().div_(255.0).unsqueeze(1), torch.from_numpy(glyphs.y))
     # the operating point, set after training (the fit saw the raw case logit); re-fitted on users' held-out letters
     p_upper, is_upper = case_threshold.out_of_fold(members, val_slices, fit_settings["sources"])
     guard = case_threshold.out_of_fold(members, val_slices, fit_settings["guard_sources"])
     threshold = case_threshold.fit(p_upper, is_upper, configured, fit_settings, guard)
     log.info("fine-tune: case threshold %.2f (%s)", threshold.threshold, threshold.reason)
     for member in members:
-        member.config = replace(member.config, case_threshold=threshold.threshold)
+        member.config = replace(
+            member.config,
+            case_threshold=threshold.threshold,
+            knn_weight=memory.knn_weight,
+            knn_k=memory.knn_k,
+            knn_temperature=memory.knn_temperature,
+        )
     net = members[0] if k_members == 1 else EnsembleNet(members).eval()
     test = test if test is not None else load_samples(s.processed_dir / split.TEST_FILE)
     report = evaluate(net, test)
@@ -403,6 +419,19 @@ def _case_threshold(config: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
     return threshold, fit_settings
 
 
+def _memory(config: Mapping[str, Any]) -> NetConfig:
+    """``finetune.knn_*`` as a checked :class:`NetConfig` (only its ``knn_*`` fields matter)."""
+    f = config["finetune"]
+    try:
+        return NetConfig(
+            knn_weight=float(f.get("knn_weight", 0.0)),
+            knn_k=int(f.get("knn_k", 5)),
+            knn_temperature=float(f.get("knn_temperature", 0.1)),
+        )
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"finetune.knn_weight / knn_k / knn_temperature: {e}") from e
+
+
 def _finetune_one(
     config: Mapping[str, Any],
     settings: Settings,
@@ -411,9 +440,8 @@ def _finetune_one(
     extra: Samples | None,
     callbacks: Sequence[Any],
     logger: Any,
-) -> tuple[UkrHwNet, dict[str, float], Samples | None]:
-    """One network fine-tuned with ``config["seed"]``: its best-validation weights, how the fit went, its
-    validation slice."""
+) -> tuple[UkrHwNet, dict[str, float], Any]:
+    """One network fine-tuned with ``config["seed"]``: its best-validation weights, how the fit went, its data."""
     from lightning.pytorch.callbacks import EarlyStopping
 
     from ukr_hw.model.lit import BestWeights, LitUkrHw
@@ -426,6 +454,7 @@ def _finetune_one(
     net = UkrHwNet(NetConfig.from_dict(net_cfg))
     if init is not None:
         net.load_state_dict(init.state_dict())
+        net.forget()  # a champion's memory belongs to its weights: validation judges the network alone
     dm = finetune_datamodule(config, settings, extra)
     lit = LitUkrHw(net, optim=_optim(f), augment=config.get("augment") or {})
     best = BestWeights("val/score", "max")
@@ -441,7 +470,7 @@ def _finetune_one(
             "best_epoch": float(best.best_epoch if best.best_epoch is not None else -1),
             "epochs_run": float(trainer.current_epoch),
         },
-        dm.val_samples,
+        dm,
     )
 
 

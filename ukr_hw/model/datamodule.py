@@ -111,6 +111,7 @@ class SamplesDataModule(L.LightningDataModule):
             raise ValueError("no training samples: run `ukr-hw prepare` first (or check the data paths)")
         self.train_samples = train
         self.val_samples = val
+        self.memory_samples = train  #: what a network trained here remembers (UkrHwNet.remember)
         self.batch_size = int(batch_size)
         self.balance_power = float(balance_power)
         self.source_weights = dict(source_weights or {})
@@ -158,6 +159,7 @@ class GlyphDataModule(SamplesDataModule):
         real = load_samples(processed_dir / TRAIN_FILE)
         train, val = stratified_split(real, val_fraction, seed)
         parts = [train]
+        extra_digits = None
         syn_path = processed_dir / SYNTHETIC
         if use_synthetic and syn_path.exists():
             syn = load_samples(syn_path)
@@ -166,13 +168,18 @@ class GlyphDataModule(SamplesDataModule):
         if mnist_limit > 0 and mnist_path.exists():
             # more digit writers than the ~40 per digit in the merged data; mnist_train holds none of the
             # fine-tune digits (train or frozen test), so nothing leaks into the evaluation
-            parts.append(_random_subset(load_samples(mnist_path), int(mnist_limit), seed + 1))
+            extra_digits = _random_subset(load_samples(mnist_path), int(mnist_limit), seed + 1)
+            parts.append(extra_digits)
         strokes_path = processed_dir / STROKES
         if use_strokes and strokes_path.exists():
             parts.append(load_samples(strokes_path))  # sketchpad drawings, like what the browser sends
         if extra is not None:
             parts.append(extra)
-        return cls(Samples.concat(parts), val, **kwargs)
+        dm = cls(Samples.concat(parts), val, **kwargs)
+        # what the network's nearest-neighbour memory holds (UkrHwNet.remember): every training glyph but the extra
+        # MNIST digits, which keep the weights' digits sharp but, remembered, pull letters towards digits
+        dm.memory_samples = Samples.concat([p for p in parts if p is not extra_digits])
+        return dm
 
 
 class MnistDataModule(SamplesDataModule):

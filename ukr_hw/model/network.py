@@ -4,7 +4,11 @@ Input ``x`` is ``(B, 1, 28, 28)`` float in [0, 1] (ink = 1) and ``ink`` is ``(B,
 width relative to the canvas (see ``ukr_hw.preprocess.Glyph.features``), which the case head sees next to the
 image features because uppercase letters are drawn bigger. Outputs are logits: ``(B, 43)`` and ``(B,)``.
 In eval mode the case logit is shifted by the model's ``case_threshold`` (its operating point, set after
-fine-tuning), so ``sigmoid(case) > 0.5`` is the model's answer wherever it is read.
+fine-tuning), so ``sigmoid(case) > 0.5`` is the model's answer wherever it is read, and, when the network carries a
+memory of its training glyphs (:meth:`UkrHwNet.remember`), the symbol probabilities are blended with a vote of the
+``knn_k`` nearest of them in the embedding space (weight ``knn_weight``): rare handwriting styles that the linear
+head under-weights are still recalled, and retraining adds users' corrected drawings to the memory. The symbol
+output is then the log of the blended probabilities, so softmax of it gives them, as before.
 Built from a plain dict so a logged model is rebuilt from ``config.json`` + ``state_dict`` without pickles.
 """
 
@@ -30,10 +34,18 @@ class NetConfig:
     #: (``finetune.case_threshold``) after training; in eval mode ``forward`` subtracts its logit from the case
     #: logit, so the reported probability and every ``> 0.5`` decision follow it. Training sees the raw logit.
     case_threshold: float = 0.5
+    #: share of the nearest-neighbour vote in the symbol probabilities (eval mode, with a memory; 0: none)
+    knn_weight: float = 0.0
+    knn_k: int = 5  #: neighbours that vote
+    knn_temperature: float = 0.1  #: a neighbour's vote is exp((cosine similarity - 1) / temperature)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.case_threshold < 1.0:
             raise ValueError(f"case_threshold must lie strictly between 0 and 1, got {self.case_threshold}")
+        if not 0.0 <= self.knn_weight < 1.0:
+            raise ValueError(f"knn_weight must lie in [0, 1), got {self.knn_weight}")
+        if int(self.knn_k) < 1 or not self.knn_temperature > 0:
+            raise ValueError(f"need knn_k >= 1 and knn_temperature > 0, got {self.knn_k}, {self.knn_temperature}")
 
     @property
     def case_shift(self) -> float:
@@ -83,6 +95,9 @@ class UkrHwNet(nn.Module):
         self.case_head = nn.Sequential(
             nn.Linear(self.config.hidden + n_geo, 64), nn.ReLU(inplace=True), nn.Linear(64, 1)
         )
+        # the memory: unit-length embeddings of training glyphs and their classes (empty until `remember`)
+        self.register_buffer("knn_keys", torch.zeros(0, self.config.hidden))
+        self.register_buffer("knn_labels", torch.zeros(0, dtype=torch.int64))
         self.set_memory_format(torch.channels_last)
 
     def set_memory_format(self, memory_format: torch.memory_format) -> UkrHwNet:
@@ -98,7 +113,50 @@ class UkrHwNet(nn.Module):
         z = self.body(x.contiguous(memory_format=self.memory_format))
         zc = torch.cat([z, ink], dim=1) if self.config.use_ink_features else z
         case = self.case_head(zc).squeeze(1) - case_shift(self)
-        return self.symbol_head(zc if self.config.ink_to_symbol else z), case
+        symbol = self.symbol_head(zc if self.config.ink_to_symbol else z)
+        if not self.training and self.config.knn_weight > 0 and len(self.knn_labels):
+            symbol = self._recall(symbol, z)
+        return symbol, case
+
+    def _recall(self, logits: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log((1 - w) · softmax(logits) + w · the nearest training glyphs' weighted class vote)."""
+        c = self.config
+        sim = nn.functional.normalize(z, dim=1) @ self.knn_keys.T
+        top, idx = sim.topk(min(int(c.knn_k), sim.shape[1]), dim=1)
+        votes = torch.zeros_like(logits).scatter_add_(1, self.knn_labels[idx], torch.exp((top - 1) / c.knn_temperature))
+        vote = votes / votes.sum(1, keepdim=True)
+        return torch.log((1 - c.knn_weight) * torch.softmax(logits, dim=1) + c.knn_weight * vote)
+
+    @torch.inference_mode()
+    def remember(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> UkrHwNet:
+        """Keep the embeddings of these glyphs (``x`` (N,1,28,28) in [0, 1], classes ``y``) as the memory."""
+        was_training = self.training
+        self.eval()
+        try:
+            keys = [
+                nn.functional.normalize(self.body(x[i : i + batch_size].contiguous(memory_format=self.memory_format)))
+                for i in range(0, len(x), batch_size)
+            ]
+        finally:
+            self.train(was_training)
+        self.knn_keys = torch.cat(keys) if keys else torch.zeros(0, self.config.hidden)
+        self.knn_labels = y.to(torch.int64).clone()
+        return self
+
+    def forget(self) -> UkrHwNet:
+        """Drop the memory (its embeddings belong to the weights it was built with)."""
+        self.knn_keys = torch.zeros(0, self.config.hidden)
+        self.knn_labels = torch.zeros(0, dtype=torch.int64)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the memory's size is the data's, not the architecture's: take the stored one (none in older models)
+        for name in ("knn_keys", "knn_labels"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+            else:
+                state_dict[prefix + name] = getattr(self, name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class EnsembleNet(nn.Module):
