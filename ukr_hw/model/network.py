@@ -125,7 +125,7 @@ class UkrHwNet(nn.Module):
         top, idx = sim.topk(min(int(c.knn_k), sim.shape[1]), dim=1)
         votes = torch.zeros_like(logits).scatter_add_(1, self.knn_labels[idx], torch.exp((top - 1) / c.knn_temperature))
         vote = votes / votes.sum(1, keepdim=True)
-        return torch.log((1 - c.knn_weight) * torch.softmax(logits, dim=1) + c.knn_weight * vote)
+        return torch.log(((1 - c.knn_weight) * torch.softmax(logits, dim=1) + c.knn_weight * vote).clamp_min(1e-30))
 
     @torch.inference_mode()
     def remember(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> UkrHwNet:
