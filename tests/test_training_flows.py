@@ -94,6 +94,7 @@ def test_train_flow_fine_tunes_logs_and_registers_an_ensemble(tiny_project):
     # each member remembers its own training glyphs (its validation slice differs), logged in its state_dict
     memories = [len(net.knn_labels) for net in predictor.net.members]
     assert all(n > 0 for n in memories) and {net.config.knn_weight for net in predictor.net.members} == {0.2}
+    assert m["memory_glyphs"] == sum(memories) / 2
     test = load_samples(tiny_project / "data" / "processed" / TEST_FILE)
     probs, case = predictor.predict_arrays(test.x, test.ink)
     assert np.allclose(probs.sum(1), 1.0, atol=1e-4)

@@ -391,6 +391,7 @@ def finetune(
             "best_epoch": sum(f["best_epoch"] for f in fits) / len(fits),
             "epochs_run": float(sum(f["epochs_run"] for f in fits)),
             "train_seconds": round(time.perf_counter() - t0, 1),
+            "memory_glyphs": sum(len(m.knn_labels) for m in members) / len(members),  #: per member
             **threshold.metrics(),
         }
     )
