@@ -347,7 +347,7 @@ def finetune(
     if k_members > 1 and callbacks:
         raise ConfigError("finetune.members > 1 cannot take training callbacks (Optuna pruning): set it to 1")
     configured, fit_settings = _case_threshold(config)
-    memory = _memory(config)
+    knn = _knn_settings(config)
     inits = member_nets(init) if init is not None else [None]
     members, fits, val_slices = [], [], []
     for k in range(k_members):
@@ -366,7 +366,7 @@ def finetune(
         members.append(net)
         fits.append(fit)
         val_slices.append(dm.val_samples)
-        if memory.knn_weight > 0:  # the memory: this member's training glyphs, embedded by its final weights
+        if knn.knn_weight > 0:  # the memory: this member's training glyphs, embedded by its final weights
             glyphs = dm.memory_samples
             net.remember(torch.from_numpy(glyphs.x).float().div_(255.0).unsqueeze(1), torch.from_numpy(glyphs.y))
     # the operating point, set after training (the fit saw the raw case logit); re-fitted on users' held-out letters
@@ -378,9 +378,9 @@ def finetune(
         member.config = replace(
             member.config,
             case_threshold=threshold.threshold,
-            knn_weight=memory.knn_weight,
-            knn_k=memory.knn_k,
-            knn_temperature=memory.knn_temperature,
+            knn_weight=knn.knn_weight,
+            knn_k=knn.knn_k,
+            knn_temperature=knn.knn_temperature,
         )
     net = members[0] if k_members == 1 else EnsembleNet(members).eval()
     test = test if test is not None else load_samples(s.processed_dir / split.TEST_FILE)
@@ -420,7 +420,7 @@ def _case_threshold(config: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
     return threshold, fit_settings
 
 
-def _memory(config: Mapping[str, Any]) -> NetConfig:
+def _knn_settings(config: Mapping[str, Any]) -> NetConfig:
     """``finetune.knn_*`` as a checked :class:`NetConfig` (only its ``knn_*`` fields matter)."""
     f = config["finetune"]
     try:
