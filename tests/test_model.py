@@ -159,6 +159,47 @@ def test_memory_blends_the_nearest_training_glyphs_vote_in_eval_mode_and_travels
         finetune(load_config(None, {"finetune.knn_weight": "1.5"}))
 
 
+def test_memory_case_vote_asks_the_nearest_letters_of_the_predicted_symbol_in_style_and_size():
+    torch.manual_seed(0)
+    plain = build_network({"width": 4, "hidden": 16, "case_threshold": 0.55}).eval()
+    config = {"width": 4, "hidden": 16, "case_threshold": 0.55, "knn_case_weight": 0.4, "knn_ink_scale": 100.0}
+    net = build_network(config).eval()
+    net.load_state_dict(plain.state_dict())
+    x, ink = torch.rand(4, 1, 28, 28), torch.tensor([[0.3, 0.3], [0.7, 0.6], [0.3, 0.3], [0.7, 0.6]])
+    with torch.no_grad():
+        pred = plain(x, ink)[0].argmax(1)
+        # remembered: for each input's predicted symbol, a small lowercase one and a big capital; plus a digit
+        k = int(pred[0])
+        mem_x = torch.rand(3, 1, 28, 28)
+        mem_y = torch.tensor([k, k, 3])
+        mem_case = torch.tensor([0, 1, -1])
+        mem_ink = torch.tensor([[0.3, 0.3], [0.7, 0.6], [0.5, 0.5]])
+        net.remember(mem_x, mem_y, mem_case, mem_ink)
+        assert net.knn_case.tolist() == [0, 1, -1] and net.knn_ink.shape == (3, 2)
+        sym, case = net(x, ink)
+        torch.testing.assert_close(sym, plain(x, ink)[0])  # knn_weight 0: the symbol is the network's alone
+        p_plain = torch.sigmoid(plain(x, ink)[1])
+        p = torch.sigmoid(case)
+        for i in range(4):
+            if int(pred[i]) != k:  # no remembered letter of its symbol: P(upper) alone
+                torch.testing.assert_close(p[i], p_plain[i])
+                continue
+            # knn_k 5 > 2 letters: both vote, so the share is 1/2 whatever the size ...
+            torch.testing.assert_close(p[i], 0.6 * p_plain[i] + 0.4 * 0.5, atol=1e-5, rtol=0)
+        net.config = type(net.config)(**{**net.config.to_dict(), "knn_k": 1})
+        p = torch.sigmoid(net(x, ink)[1])
+        for i in range(4):  # ... and with one neighbour, the letter nearest in size decides
+            if int(pred[i]) == k:
+                expected = 1.0 if ink[i, 0] > 0.5 else 0.0
+                torch.testing.assert_close(p[i], 0.6 * p_plain[i] + 0.4 * expected, atol=1e-5, rtol=0)
+        torch.manual_seed(1)
+        train_case = net.train()(x, ink)[1]
+        torch.manual_seed(1)
+        torch.testing.assert_close(train_case, plain.train()(x, ink)[1])  # training sees the head alone
+    with pytest.raises(ValueError, match="knn_case_weight"):
+        build_network({"knn_case_weight": 1.0})
+
+
 def test_masked_case_loss_ignores_digits():
     logits = torch.tensor([5.0, -5.0, 100.0, -100.0], requires_grad=True)
     case = torch.tensor([1, 0, -1, -1])  # two letters (correct, confident), two digits with wild logits

@@ -78,6 +78,7 @@ def test_train_flow_fine_tunes_logs_and_registers_an_ensemble(tiny_project):
         "finetune.case_threshold_fit.min_letters": "1",
         "finetune.case_threshold_fit.min_gain": "0",
         "finetune.knn_weight": "0.2",
+        "finetune.knn_case_weight": "0.3",
     }
     out = train(config_path=TINY, overrides=overrides)
     assert out["promoted"] is True
@@ -95,6 +96,7 @@ def test_train_flow_fine_tunes_logs_and_registers_an_ensemble(tiny_project):
     memories = [len(net.knn_labels) for net in predictor.net.members]
     assert all(n > 0 for n in memories) and {net.config.knn_weight for net in predictor.net.members} == {0.2}
     assert m["memory_glyphs"] == sum(memories) / 2
+    assert all(len(net.knn_case) == len(net.knn_ink) == len(net.knn_labels) for net in predictor.net.members)
     test = load_samples(tiny_project / "data" / "processed" / TEST_FILE)
     probs, case = predictor.predict_arrays(test.x, test.ink)
     assert np.allclose(probs.sum(1), 1.0, atol=1e-4)

@@ -86,6 +86,9 @@ DEFAULTS: dict[str, Any] = {
         "knn_weight": 0.0,
         "knn_k": 5,
         "knn_temperature": 0.1,
+        #: share of a case vote of the remembered letters of the predicted symbol nearest in style and size (0: off)
+        "knn_case_weight": 0.0,
+        "knn_ink_scale": 2.0,  #: how much the ink boxes' L1 distance counts against embedding similarity
     },
     "augment": {},  #: fine-tune augmentation, see ukr_hw.model.augment.AugmentConfig (defaults when empty)
 }
@@ -333,9 +336,9 @@ def finetune(
     ``val_score``, ``best_epoch`` (means over members), ``train_seconds``, the ``case_threshold`` the model got
     (``finetune.case_threshold``, or re-fitted on users' held-out letters: :mod:`ukr_hw.model.case_threshold`) with
     the evidence for it, and, for an ensemble, each member's ``member<k>_symbol_accuracy`` /
-    ``member<k>_case_accuracy`` on the test split. With ``finetune.knn_weight`` > 0 each member remembers its
-    training glyphs (``GlyphDataModule.memory_samples``) after training: a nearest-neighbour vote in its symbol
-    probabilities (:meth:`~ukr_hw.model.network.UkrHwNet.remember`).
+    ``member<k>_case_accuracy`` on the test split. With ``finetune.knn_weight`` or ``knn_case_weight`` > 0 each
+    member remembers its training glyphs (``GlyphDataModule.memory_samples``) after training: nearest-neighbour
+    votes in its symbol and case probabilities (:meth:`~ukr_hw.model.network.UkrHwNet.remember`).
     """
     s = settings or get_settings()
     setup_torch(s)
@@ -349,7 +352,7 @@ def finetune(
     configured, fit_settings = _case_threshold(config)
     knn = _knn_settings(config)
     inits = member_nets(init) if init is not None else [None]
-    members, fits, val_slices = [], [], []
+    members, fits, val_slices, memories = [], [], [], []
     for k in range(k_members):
         member_config = {**config, "seed": int(config["seed"]) + k}
         prefix = f"member{k}" if k_members > 1 else ""
@@ -366,22 +369,29 @@ def finetune(
         members.append(net)
         fits.append(fit)
         val_slices.append(dm.val_samples)
-        if knn.knn_weight > 0:  # the memory: this member's training glyphs, embedded by its final weights
-            glyphs = dm.memory_samples
-            net.remember(torch.from_numpy(glyphs.x).float().div_(255.0).unsqueeze(1), torch.from_numpy(glyphs.y))
+        memories.append(dm.memory_samples)
     # the operating point, set after training (the fit saw the raw case logit); re-fitted on users' held-out letters
     p_upper, is_upper = case_threshold.out_of_fold(members, val_slices, fit_settings["sources"])
     guard = case_threshold.out_of_fold(members, val_slices, fit_settings["guard_sources"])
     threshold = case_threshold.fit(p_upper, is_upper, configured, fit_settings, guard)
     log.info("fine-tune: case threshold %.2f (%s)", threshold.threshold, threshold.reason)
-    for member in members:
+    for member, glyphs in zip(members, memories, strict=True):
         member.config = replace(
             member.config,
             case_threshold=threshold.threshold,
             knn_weight=knn.knn_weight,
             knn_k=knn.knn_k,
             knn_temperature=knn.knn_temperature,
+            knn_case_weight=knn.knn_case_weight,
+            knn_ink_scale=knn.knn_ink_scale,
         )
+        if knn.knn_weight > 0 or knn.knn_case_weight > 0:  # the memory: its training glyphs, by its final weights
+            member.remember(
+                torch.from_numpy(glyphs.x).float().div_(255.0).unsqueeze(1),
+                torch.from_numpy(glyphs.y),
+                torch.from_numpy(glyphs.case.astype("int64")),
+                torch.from_numpy(glyphs.ink),
+            )
     net = members[0] if k_members == 1 else EnsembleNet(members).eval()
     test = test if test is not None else load_samples(s.processed_dir / split.TEST_FILE)
     report = evaluate(net, test)
@@ -428,9 +438,11 @@ def _knn_settings(config: Mapping[str, Any]) -> NetConfig:
             knn_weight=float(f.get("knn_weight", 0.0)),
             knn_k=int(f.get("knn_k", 5)),
             knn_temperature=float(f.get("knn_temperature", 0.1)),
+            knn_case_weight=float(f.get("knn_case_weight", 0.0)),
+            knn_ink_scale=float(f.get("knn_ink_scale", 2.0)),
         )
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"finetune.knn_weight / knn_k / knn_temperature: {e}") from e
+        raise ConfigError(f"finetune.knn_*: {e}") from e
 
 
 def _finetune_one(

@@ -38,12 +38,20 @@ class NetConfig:
     knn_weight: float = 0.0
     knn_k: int = 5  #: neighbours that vote
     knn_temperature: float = 0.1  #: a neighbour's vote is exp((cosine similarity - 1) / temperature)
+    #: share of a case vote in P(upper): the ``knn_k`` remembered letters of the predicted symbol nearest in
+    #: style and size (cosine similarity − ``knn_ink_scale`` × L1 distance of the ink boxes) (0: none)
+    knn_case_weight: float = 0.0
+    knn_ink_scale: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.case_threshold < 1.0:
             raise ValueError(f"case_threshold must lie strictly between 0 and 1, got {self.case_threshold}")
-        if not 0.0 <= self.knn_weight < 1.0:
-            raise ValueError(f"knn_weight must lie in [0, 1), got {self.knn_weight}")
+        if not 0.0 <= self.knn_weight < 1.0 or not 0.0 <= self.knn_case_weight < 1.0:
+            raise ValueError(
+                f"knn_weight and knn_case_weight must lie in [0, 1), got {self.knn_weight}, {self.knn_case_weight}"
+            )
+        if self.knn_ink_scale < 0:
+            raise ValueError(f"knn_ink_scale must be >= 0, got {self.knn_ink_scale}")
         if int(self.knn_k) < 1 or not self.knn_temperature > 0:
             raise ValueError(f"need knn_k >= 1 and knn_temperature > 0, got {self.knn_k}, {self.knn_temperature}")
 
@@ -95,9 +103,12 @@ class UkrHwNet(nn.Module):
         self.case_head = nn.Sequential(
             nn.Linear(self.config.hidden + n_geo, 64), nn.ReLU(inplace=True), nn.Linear(64, 1)
         )
-        # the memory: unit-length embeddings of training glyphs and their classes (empty until `remember`)
+        # the memory: unit-length embeddings of training glyphs, their classes, cases (-1: digit) and ink boxes
+        # (empty until `remember`)
         self.register_buffer("knn_keys", torch.zeros(0, self.config.hidden))
         self.register_buffer("knn_labels", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("knn_case", torch.zeros(0, dtype=torch.int8))
+        self.register_buffer("knn_ink", torch.zeros(0, 2))
         self.set_memory_format(torch.channels_last)
 
     def set_memory_format(self, memory_format: torch.memory_format) -> UkrHwNet:
@@ -114,22 +125,50 @@ class UkrHwNet(nn.Module):
         zc = torch.cat([z, ink], dim=1) if self.config.use_ink_features else z
         case = self.case_head(zc).squeeze(1) - case_shift(self)
         symbol = self.symbol_head(zc if self.config.ink_to_symbol else z)
-        if not self.training and self.config.knn_weight > 0 and len(self.knn_labels):
-            symbol = self._recall(symbol, z)
+        if not self.training and len(self.knn_labels):
+            zn = nn.functional.normalize(z, dim=1)
+            if self.config.knn_weight > 0:
+                symbol = self._recall(symbol, zn)
+            if self.config.knn_case_weight > 0 and len(self.knn_case) == len(self.knn_labels):
+                case = self._recall_case(case, zn, ink, symbol.argmax(1))
         return symbol, case
 
-    def _recall(self, logits: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _recall(self, logits: torch.Tensor, zn: torch.Tensor) -> torch.Tensor:
         """log((1 - w) · softmax(logits) + w · the nearest training glyphs' weighted class vote)."""
         c = self.config
-        sim = nn.functional.normalize(z, dim=1) @ self.knn_keys.T
+        sim = zn @ self.knn_keys.T
         top, idx = sim.topk(min(int(c.knn_k), sim.shape[1]), dim=1)
         votes = torch.zeros_like(logits).scatter_add_(1, self.knn_labels[idx], torch.exp((top - 1) / c.knn_temperature))
         vote = votes / votes.sum(1, keepdim=True)
         return torch.log(((1 - c.knn_weight) * torch.softmax(logits, dim=1) + c.knn_weight * vote).clamp_min(1e-30))
 
+    def _recall_case(self, case: torch.Tensor, zn: torch.Tensor, ink: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """logit((1 - w) · P(upper) + w · the uppercase share of the remembered letters of the predicted symbol
+        nearest in style and size). Whether a letter is a capital is mostly its size next to letters drawn alike,
+        so the neighbours are chosen by embedding similarity less the ink boxes' distance; no such letter (a
+        digit): P(upper) alone."""
+        c = self.config
+        score = zn @ self.knn_keys.T - c.knn_ink_scale * (ink[:, None, :] - self.knn_ink[None]).abs().sum(-1)
+        same = (self.knn_labels[None, :] == pred[:, None]) & (self.knn_case >= 0)[None, :]
+        top, idx = score.masked_fill(~same, -torch.inf).topk(min(int(c.knn_k), score.shape[1]), dim=1)
+        found = torch.isfinite(top)
+        n = found.sum(1)
+        upper = ((self.knn_case[idx] == 1) & found).sum(1) / n.clamp_min(1)
+        p = torch.sigmoid(case)
+        p = torch.where(n > 0, (1 - c.knn_case_weight) * p + c.knn_case_weight * upper, p)
+        return torch.logit(p, eps=1e-6)
+
     @torch.inference_mode()
-    def remember(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> UkrHwNet:
-        """Keep the embeddings of these glyphs (``x`` (N,1,28,28) in [0, 1], classes ``y``) as the memory."""
+    def remember(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        case: torch.Tensor | None = None,
+        ink: torch.Tensor | None = None,
+        batch_size: int = 1024,
+    ) -> UkrHwNet:
+        """Keep these glyphs as the memory: ``x`` (N,1,28,28) in [0, 1], classes ``y``, and, for the case vote,
+        their ``case`` (1 upper, 0 lower, -1 digit) and ``ink`` boxes (N,2)."""
         was_training = self.training
         self.eval()
         try:
@@ -141,17 +180,17 @@ class UkrHwNet(nn.Module):
             self.train(was_training)
         self.knn_keys = torch.cat(keys) if keys else torch.zeros(0, self.config.hidden)
         self.knn_labels = y.to(torch.int64).clone()
+        self.knn_case = case.to(torch.int8).clone() if case is not None else torch.zeros(0, dtype=torch.int8)
+        self.knn_ink = ink.float().clone() if ink is not None else torch.zeros(0, 2)
         return self
 
     def forget(self) -> UkrHwNet:
         """Drop the memory (its embeddings belong to the weights it was built with)."""
-        self.knn_keys = torch.zeros(0, self.config.hidden)
-        self.knn_labels = torch.zeros(0, dtype=torch.int64)
-        return self
+        return self.remember(torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.int64))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the memory's size is the data's, not the architecture's: take the stored one (none in older models)
-        for name in ("knn_keys", "knn_labels"):
+        for name in ("knn_keys", "knn_labels", "knn_case", "knn_ink"):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
             else:
