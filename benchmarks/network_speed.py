@@ -8,8 +8,9 @@ pretrain (256) batch sizes, and inference at 1, 64 and 256 images, for the confi
 over rounds, so a noisy machine shifts both alike; compare the ratio column. It first checks that both layouts
 give the same outputs (to 1e-4) and stops if they do not.
 
-Then inference with and without the nearest-neighbour memory (``finetune.knn_weight``; ``--memory`` glyphs, the
-size of one member's memory in the pipeline), in the same alternating way.
+Then inference with and without the nearest-neighbour memory (``finetune.knn_weight`` and ``knn_case_weight``:
+the symbol and the case vote; ``--memory`` glyphs, the size of one member's memory in the pipeline), in the same
+alternating way.
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
 def memory_speed(net: UkrHwNet, size: int, rounds: int) -> None:
     """Inference (NHWC) without and with a memory of ``size`` glyphs (random ones: only the cost is measured)."""
     with_memory = copy.deepcopy(net)
-    with_memory.config = replace(with_memory.config, knn_weight=0.2)
-    with_memory.remember(torch.rand(size, 1, 28, 28), torch.randint(0, 43, (size,)))
+    with_memory.config = replace(with_memory.config, knn_weight=0.2, knn_case_weight=0.3)
+    y = torch.randint(0, 43, (size,))
+    with_memory.remember(torch.rand(size, 1, 28, 28), y, torch.where(y < 10, -1, y % 2), torch.rand(size, 2))
     nets = {"plain": net, "memory": with_memory}
     times: dict[tuple[int, str], list[float]] = {}
     for _ in range(rounds):

@@ -126,29 +126,30 @@ class UkrHwNet(nn.Module):
         case = self.case_head(zc).squeeze(1) - case_shift(self)
         symbol = self.symbol_head(zc if self.config.ink_to_symbol else z)
         if not self.training and len(self.knn_labels):
-            zn = nn.functional.normalize(z, dim=1)
+            sim = nn.functional.normalize(z, dim=1) @ self.knn_keys.T  # cosine similarity to every remembered glyph
             if self.config.knn_weight > 0:
-                symbol = self._recall(symbol, zn)
+                symbol = self._recall(symbol, sim)
             if self.config.knn_case_weight > 0 and len(self.knn_case) == len(self.knn_labels):
-                case = self._recall_case(case, zn, ink, symbol.argmax(1))
+                case = self._recall_case(case, sim, ink, symbol.argmax(1))
         return symbol, case
 
-    def _recall(self, logits: torch.Tensor, zn: torch.Tensor) -> torch.Tensor:
+    def _recall(self, logits: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
         """log((1 - w) · softmax(logits) + w · the nearest training glyphs' weighted class vote)."""
         c = self.config
-        sim = zn @ self.knn_keys.T
         top, idx = sim.topk(min(int(c.knn_k), sim.shape[1]), dim=1)
         votes = torch.zeros_like(logits).scatter_add_(1, self.knn_labels[idx], torch.exp((top - 1) / c.knn_temperature))
         vote = votes / votes.sum(1, keepdim=True)
         return torch.log(((1 - c.knn_weight) * torch.softmax(logits, dim=1) + c.knn_weight * vote).clamp_min(1e-30))
 
-    def _recall_case(self, case: torch.Tensor, zn: torch.Tensor, ink: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    def _recall_case(
+        self, case: torch.Tensor, sim: torch.Tensor, ink: torch.Tensor, pred: torch.Tensor
+    ) -> torch.Tensor:
         """logit((1 - w) · P(upper) + w · the uppercase share of the remembered letters of the predicted symbol
         nearest in style and size). Whether a letter is a capital is mostly its size next to letters drawn alike,
         so the neighbours are chosen by embedding similarity less the ink boxes' distance; no such letter (a
         digit): P(upper) alone."""
         c = self.config
-        score = zn @ self.knn_keys.T - c.knn_ink_scale * (ink[:, None, :] - self.knn_ink[None]).abs().sum(-1)
+        score = sim - c.knn_ink_scale * torch.cdist(ink, self.knn_ink, p=1)
         same = (self.knn_labels[None, :] == pred[:, None]) & (self.knn_case >= 0)[None, :]
         top, idx = score.masked_fill(~same, -torch.inf).topk(min(int(c.knn_k), score.shape[1]), dim=1)
         found = torch.isfinite(top)
