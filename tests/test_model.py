@@ -178,20 +178,23 @@ def test_memory_case_vote_asks_the_nearest_letters_of_the_predicted_symbol_in_st
         assert net.knn_case.tolist() == [0, 1, -1] and net.knn_ink.shape == (3, 2)
         sym, case = net(x, ink)
         torch.testing.assert_close(sym, plain(x, ink)[0])  # knn_weight 0: the symbol is the network's alone
-        p_plain = torch.sigmoid(plain(x, ink)[1])
-        p = torch.sigmoid(case)
+        shift = math.log(0.55 / 0.45)
+        raw = torch.sigmoid(plain(x, ink)[1] + shift)  # the head's P(upper) before the threshold
+
+        def answered(vote: float, i: int) -> torch.Tensor:  # the vote joins the raw P(upper), then the threshold
+            return torch.sigmoid(torch.logit(0.6 * raw[i] + 0.4 * vote) - shift)
+
         for i in range(4):
             if int(pred[i]) != k:  # no remembered letter of its symbol: P(upper) alone
-                torch.testing.assert_close(p[i], p_plain[i])
+                torch.testing.assert_close(case[i], plain(x, ink)[1][i])
                 continue
             # knn_k 5 > 2 letters: both vote, so the share is 1/2 whatever the size ...
-            torch.testing.assert_close(p[i], 0.6 * p_plain[i] + 0.4 * 0.5, atol=1e-5, rtol=0)
+            torch.testing.assert_close(torch.sigmoid(case[i]), answered(0.5, i), atol=1e-5, rtol=0)
         net.config = type(net.config)(**{**net.config.to_dict(), "knn_k": 1})
         p = torch.sigmoid(net(x, ink)[1])
         for i in range(4):  # ... and with one neighbour, the letter nearest in size decides
             if int(pred[i]) == k:
-                expected = 1.0 if ink[i, 0] > 0.5 else 0.0
-                torch.testing.assert_close(p[i], 0.6 * p_plain[i] + 0.4 * expected, atol=1e-5, rtol=0)
+                torch.testing.assert_close(p[i], answered(1.0 if ink[i, 0] > 0.5 else 0.0, i), atol=1e-5, rtol=0)
         torch.manual_seed(1)
         train_case = net.train()(x, ink)[1]
         torch.manual_seed(1)

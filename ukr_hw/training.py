@@ -370,15 +370,9 @@ def finetune(
         fits.append(fit)
         val_slices.append(dm.val_samples)
         memories.append(dm.memory_samples)
-    # the operating point, set after training (the fit saw the raw case logit); re-fitted on users' held-out letters
-    p_upper, is_upper = case_threshold.out_of_fold(members, val_slices, fit_settings["sources"])
-    guard = case_threshold.out_of_fold(members, val_slices, fit_settings["guard_sources"])
-    threshold = case_threshold.fit(p_upper, is_upper, configured, fit_settings, guard)
-    log.info("fine-tune: case threshold %.2f (%s)", threshold.threshold, threshold.reason)
     for member, glyphs in zip(members, memories, strict=True):
         member.config = replace(
             member.config,
-            case_threshold=threshold.threshold,
             knn_weight=knn.knn_weight,
             knn_k=knn.knn_k,
             knn_temperature=knn.knn_temperature,
@@ -392,6 +386,14 @@ def finetune(
                 torch.from_numpy(glyphs.case.astype("int64")),
                 torch.from_numpy(glyphs.ink),
             )
+    # the operating point, set last, on the members' (voted) P(upper) of their own validation letters: neither their
+    # training nor their memories hold those; re-fitted on users' held-out letters when they say so
+    p_upper, is_upper = case_threshold.out_of_fold(members, val_slices, fit_settings["sources"])
+    guard = case_threshold.out_of_fold(members, val_slices, fit_settings["guard_sources"])
+    threshold = case_threshold.fit(p_upper, is_upper, configured, fit_settings, guard)
+    log.info("fine-tune: case threshold %.2f (%s)", threshold.threshold, threshold.reason)
+    for member in members:
+        member.config = replace(member.config, case_threshold=threshold.threshold)
     net = members[0] if k_members == 1 else EnsembleNet(members).eval()
     test = test if test is not None else load_samples(s.processed_dir / split.TEST_FILE)
     report = evaluate(net, test)

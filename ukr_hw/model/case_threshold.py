@@ -94,7 +94,8 @@ def check(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def raw_upper_probability(net: UkrHwNet, samples: Samples) -> np.ndarray:
-    """The case head's P(upper) before the network's own threshold is applied (what a threshold is fitted to)."""
+    """The network's P(upper) before its own threshold is applied (what a threshold is fitted to): the case head's,
+    with the memory's case vote when it has one."""
     _, p = predict_samples(net, samples)
     logit = np.log(np.clip(p, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(p, 1e-7, 1 - 1e-7))
     return 1.0 / (1.0 + np.exp(-(logit.astype(np.float64) + net.config.case_shift)))

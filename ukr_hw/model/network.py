@@ -4,11 +4,14 @@ Input ``x`` is ``(B, 1, 28, 28)`` float in [0, 1] (ink = 1) and ``ink`` is ``(B,
 width relative to the canvas (see ``ukr_hw.preprocess.Glyph.features``), which the case head sees next to the
 image features because uppercase letters are drawn bigger. Outputs are logits: ``(B, 43)`` and ``(B,)``.
 In eval mode the case logit is shifted by the model's ``case_threshold`` (its operating point, set after
-fine-tuning), so ``sigmoid(case) > 0.5`` is the model's answer wherever it is read, and, when the network carries a
-memory of its training glyphs (:meth:`UkrHwNet.remember`), the symbol probabilities are blended with a vote of the
-``knn_k`` nearest of them in the embedding space (weight ``knn_weight``): rare handwriting styles that the linear
-head under-weights are still recalled, and retraining adds users' corrected drawings to the memory. The symbol
-output is then the log of the blended probabilities, so softmax of it gives them, as before.
+fine-tuning), so ``sigmoid(case) > 0.5`` is the model's answer wherever it is read.
+
+When the network carries a memory of its training glyphs (:meth:`UkrHwNet.remember`), eval mode also blends the
+symbol probabilities with a vote of the ``knn_k`` nearest of them in the embedding space (``knn_weight``), and the
+raw P(upper), before the threshold, with the uppercase share of the nearest remembered letters of the predicted
+symbol (``knn_case_weight``): rare handwriting styles that the linear head under-weights are still recalled, and
+retraining adds users' corrected drawings to the memory. The symbol output is then the log of the blended
+probabilities, so softmax of it gives them, as before.
 Built from a plain dict so a logged model is rebuilt from ``config.json`` + ``state_dict`` without pickles.
 """
 
@@ -123,7 +126,7 @@ class UkrHwNet(nn.Module):
     def forward(self, x: torch.Tensor, ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.body(x.contiguous(memory_format=self.memory_format))
         zc = torch.cat([z, ink], dim=1) if self.config.use_ink_features else z
-        case = self.case_head(zc).squeeze(1) - case_shift(self)
+        case = self.case_head(zc).squeeze(1)
         symbol = self.symbol_head(zc if self.config.ink_to_symbol else z)
         if not self.training and len(self.knn_labels):
             sim = nn.functional.normalize(z, dim=1) @ self.knn_keys.T  # cosine similarity to every remembered glyph
@@ -131,7 +134,7 @@ class UkrHwNet(nn.Module):
                 symbol = self._recall(symbol, sim)
             if self.config.knn_case_weight > 0 and len(self.knn_case) == len(self.knn_labels):
                 case = self._recall_case(case, sim, ink, symbol.argmax(1))
-        return symbol, case
+        return symbol, case - case_shift(self)  # the threshold applies to the (voted) P(upper)
 
     def _recall(self, logits: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
         """log((1 - w) · softmax(logits) + w · the nearest training glyphs' weighted class vote)."""
@@ -144,10 +147,10 @@ class UkrHwNet(nn.Module):
     def _recall_case(
         self, case: torch.Tensor, sim: torch.Tensor, ink: torch.Tensor, pred: torch.Tensor
     ) -> torch.Tensor:
-        """logit((1 - w) · P(upper) + w · the uppercase share of the remembered letters of the predicted symbol
-        nearest in style and size). Whether a letter is a capital is mostly its size next to letters drawn alike,
-        so the neighbours are chosen by embedding similarity less the ink boxes' distance; no such letter (a
-        digit): P(upper) alone."""
+        """logit((1 - w) · raw P(upper) + w · the uppercase share of the remembered letters of the predicted symbol
+        nearest in style and size), before the threshold. Whether a letter is a capital is mostly its size next to
+        letters drawn alike, so the neighbours are chosen by embedding similarity less the ink boxes' distance; no
+        such letter (a digit): P(upper) alone."""
         c = self.config
         score = sim - c.knn_ink_scale * torch.cdist(ink, self.knn_ink, p=1)
         same = (self.knn_labels[None, :] == pred[:, None]) & (self.knn_case >= 0)[None, :]
