@@ -36,6 +36,7 @@ from generalization import build_sets, score  # noqa: E402
 from ukr_hw import tracking  # noqa: E402
 from ukr_hw.data import split  # noqa: E402
 from ukr_hw.data.arrays import Samples, load_samples, save_samples  # noqa: E402
+from ukr_hw.model.case_threshold import raw_case  # noqa: E402
 from ukr_hw.model.evaluate import predict_samples  # noqa: E402
 from ukr_hw.model.network import Network, member_nets  # noqa: E402
 from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_from_champion  # noqa: E402
@@ -66,14 +67,8 @@ def data_with_feedback(settings: Settings, feedback: Samples, root: Path) -> Set
 
 def raw_predictions(net: Network, sets: dict[str, Samples]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each set's class probabilities and raw P(upper) (the network's own threshold undone)."""
-    own = [m.config for m in member_nets(net)]
-    for m in member_nets(net):
-        m.config = replace(m.config, case_threshold=0.5)
-    try:
+    with raw_case(net):
         return {n: predict_samples(net, s) for n, s in sets.items()}
-    finally:
-        for m, c in zip(member_nets(net), own, strict=True):
-            m.config = c
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     configured = member_nets(champion)[0].config.case_threshold
     t = time.perf_counter()
     feedback = feedback_samples(settings, args.feedback_seed, args.feedback_per_symbol, tuple(args.feedback_sets))
-    sets = build_sets(settings, None, per_symbol=args.eval_per_symbol, seed=args.eval_seed)
-    sets["finetune-test"] = load_samples(settings.processed_dir / split.TEST_FILE)
+    sets = build_sets(settings, None, per_symbol=args.eval_per_symbol, seed=args.eval_seed)  # + the frozen split
     letters = int((feedback.case >= 0).sum())
     print(f"feedback: {len(feedback)} drawings ({letters} letters); sets built in {time.perf_counter() - t:.0f} s")
 

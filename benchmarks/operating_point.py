@@ -5,7 +5,7 @@
 
 * **Case threshold**: the P(upper) of the trained case head above which a letter is called uppercase
   (``finetune.case_threshold``, stored with the model). Printed: case accuracy (letters) per set. The model's own
-  threshold is undone first, so the sweep reads the raw case head.
+  threshold is undone first, so the sweep reads the P(upper) before it.
 * **Digit prior**: a bias added to the digits' log-probabilities. The look-alike pairs о/0, з/3 (and ч/4 in MNIST's
   open-top style) have no shape difference, so which side wins is a prior. Printed: symbol accuracy and the shares
   of letters read as digits / digits read as letters. A bias that only helps the frozen split's MNIST digits while
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +31,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from generalization import N_DIGITS, build_sets, score  # noqa: E402
 from recipe import _sets  # noqa: E402
 
-from ukr_hw.data import split  # noqa: E402
-from ukr_hw.data.arrays import load_samples  # noqa: E402
 from ukr_hw.inference import Predictor  # noqa: E402
 from ukr_hw.labels import NUM_CLASSES  # noqa: E402
+from ukr_hw.model.case_threshold import raw_case  # noqa: E402
 from ukr_hw.model.network import member_nets  # noqa: E402
 from ukr_hw.settings import get_settings  # noqa: E402
 
@@ -54,13 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is None:
         sets = _sets(settings, args.sets_cache)
     else:
-        sets = build_sets(settings, None, per_symbol=args.per_symbol, seed=args.seed)
-        sets["finetune-test"] = load_samples(settings.processed_dir / split.TEST_FILE)
+        sets = build_sets(settings, None, per_symbol=args.per_symbol, seed=args.seed)  # + the frozen split
     predictor = Predictor.from_uri(args.model_uri)
     own = member_nets(predictor.net)[0].config.case_threshold
-    for net in member_nets(predictor.net):  # read the raw case head
-        net.config = replace(net.config, case_threshold=0.5)
-    predictions = {n: predictor.predict_arrays(s.x.astype(np.float32) / 255.0, s.ink) for n, s in sets.items()}
+    with raw_case(predictor.net):  # read the P(upper) before the model's own threshold
+        predictions = {n: predictor.predict_arrays(s.x.astype(np.float32) / 255.0, s.ink) for n, s in sets.items()}
     print(f"model version {predictor.model_version} (its case threshold: {own})")
     head = "  ".join(f"{n:>22}" for n in sets)
 

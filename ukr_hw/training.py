@@ -371,15 +371,8 @@ def finetune(
         val_slices.append(dm.val_samples)
         memories.append(dm.memory_samples)
     for member, glyphs in zip(members, memories, strict=True):
-        member.config = replace(
-            member.config,
-            knn_weight=knn.knn_weight,
-            knn_k=knn.knn_k,
-            knn_temperature=knn.knn_temperature,
-            knn_case_weight=knn.knn_case_weight,
-            knn_ink_scale=knn.knn_ink_scale,
-        )
-        if knn.knn_weight > 0 or knn.knn_case_weight > 0:  # the memory: its training glyphs, by its final weights
+        member.config = replace(member.config, **knn)
+        if knn["knn_weight"] > 0 or knn["knn_case_weight"] > 0:  # the memory: its training glyphs, by its final weights
             member.remember(
                 torch.from_numpy(glyphs.x).float().div_(255.0).unsqueeze(1),
                 torch.from_numpy(glyphs.y),
@@ -432,11 +425,11 @@ def _case_threshold(config: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
     return threshold, fit_settings
 
 
-def _knn_settings(config: Mapping[str, Any]) -> NetConfig:
-    """``finetune.knn_*`` as a checked :class:`NetConfig` (only its ``knn_*`` fields matter)."""
+def _knn_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``finetune.knn_*``, checked by :class:`NetConfig` before any training starts."""
     f = config["finetune"]
     try:
-        return NetConfig(
+        checked = NetConfig(
             knn_weight=float(f.get("knn_weight", 0.0)),
             knn_k=int(f.get("knn_k", 5)),
             knn_temperature=float(f.get("knn_temperature", 0.1)),
@@ -445,6 +438,7 @@ def _knn_settings(config: Mapping[str, Any]) -> NetConfig:
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"finetune.knn_*: {e}") from e
+    return {k: v for k, v in checked.to_dict().items() if k.startswith("knn_")}
 
 
 def _finetune_one(

@@ -21,15 +21,16 @@ the frozen split itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from ukr_hw.data.arrays import Samples
 from ukr_hw.model.evaluate import predict_samples
-from ukr_hw.model.network import UkrHwNet
+from ukr_hw.model.network import Network, UkrHwNet, member_nets
 
 #: ``finetune.case_threshold_fit`` defaults (see ukr_hw.training.DEFAULTS)
 DEFAULTS: dict[str, Any] = {
@@ -93,12 +94,25 @@ def check(settings: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+@contextmanager
+def raw_case(net: Network) -> Iterator[Network]:
+    """``net`` answering with its P(upper) before its own threshold (every member at 0.5); restored afterwards."""
+    members = member_nets(net)
+    own = [m.config for m in members]
+    for m in members:
+        m.config = replace(m.config, case_threshold=0.5)
+    try:
+        yield net
+    finally:
+        for m, config in zip(members, own, strict=True):
+            m.config = config
+
+
 def raw_upper_probability(net: UkrHwNet, samples: Samples) -> np.ndarray:
     """The network's P(upper) before its own threshold is applied (what a threshold is fitted to): the case head's,
     with the memory's case vote when it has one."""
-    _, p = predict_samples(net, samples)
-    logit = np.log(np.clip(p, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(p, 1e-7, 1 - 1e-7))
-    return 1.0 / (1.0 + np.exp(-(logit.astype(np.float64) + net.config.case_shift)))
+    with raw_case(net):
+        return predict_samples(net, samples)[1]
 
 
 def out_of_fold(
