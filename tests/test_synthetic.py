@@ -157,6 +157,22 @@ def test_render_stroke_glyphs_labels_and_determinism() -> None:
     assert again.digest() == s.digest()
 
 
+def test_unseen_forms_draw_their_own_strokes_for_one_symbol_and_case() -> None:
+    """A form the generator's writers never draw (the benchmarks' stand-in for a user's own hand): the same writer
+    seed draws other ink than the symbol's built-in shape, and only that symbol and case are rendered."""
+    symbol, upper, shape = strokes.UNSEEN_FORMS["т-cursive"]
+    own = np.asarray(strokes.draw_canvas(symbol, upper, seed=5))
+    form = np.asarray(strokes.draw_canvas(symbol, upper, seed=5, shape=shape))
+    assert form[..., 3].any() and not np.array_equal(own, form)
+    s = strokes.render_stroke_glyphs(get_settings(), per_symbol=3, seed=9, form="т-cursive", source="feedback")
+    assert len(s) == 3 and set(s.y) == {index_of("т")} and set(s.case) == {CASE_LOWER}
+    assert list(s.id) == [f"feedback/т-cursive/{k}" for k in range(3)]
+    digit = strokes.render_stroke_glyphs(get_settings(), per_symbol=1, seed=9, form="4-open")
+    assert set(digit.y) == {index_of("4")} and set(digit.case) == {CASE_NONE}
+    with pytest.raises(ValueError, match="unknown form 'x'"):
+        strokes.render_stroke_glyphs(get_settings(), per_symbol=1, form="x")
+
+
 @pytest.mark.parametrize("squared", [False, True])
 def test_paper_photo_preprocesses_like_the_sketchpad_drawing(squared: bool) -> None:
     """A phone photo of the drawing on tinted, unevenly lit (squared) paper, blurred and JPEG-compressed, gives

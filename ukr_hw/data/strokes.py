@@ -151,6 +151,24 @@ def _shapes() -> dict[str, list[Path_]]:
 
 _SHAPES = _shapes()
 
+#: Forms that real people write and the generator's writers never draw, in the same unit box as the built-in
+#: shapes: a stand-in for users teaching the model their own hand (``benchmarks/loop.py``,
+#: ``benchmarks/retrain_recipe.py``). Each is (symbol, uppercase, strokes); pass the strokes as ``shape=``.
+UNSEEN_FORMS: dict[str, tuple[str, bool | None, list[Path_]]] = {
+    # the cursive «т», written like a Latin «m»: the champion reads it as «м», «л» or «п» three times in four
+    "т-cursive": (
+        "т",
+        False,
+        [
+            [(0.0, 1.0), (0.0, 0.2)],
+            [*_arc(0.17, 0.35, 0.17, 0.35, 180, 360), (0.34, 1.0)],
+            [*_arc(0.51, 0.35, 0.17, 0.35, 180, 360), (0.68, 1.0)],
+        ],
+    ),
+    # «4» with an open top, as many people write it (close to «ч»)
+    "4-open": ("4", None, [[(0.0, 0.0), (0.0, 0.6), (0.7, 0.6)], [(0.55, 0.0), (0.55, 1.0)]]),
+}
+
 
 def _key(symbol: str, uppercase: bool | None) -> str:
     s = normalize_symbol(symbol)
@@ -159,15 +177,19 @@ def _key(symbol: str, uppercase: bool | None) -> str:
     return s.upper() if uppercase else s
 
 
-def stroke_paths(symbol: str, uppercase: bool | None = False) -> list[list[tuple[float, float]]]:
+def stroke_paths(
+    symbol: str, uppercase: bool | None = False, shape: Sequence[Sequence[Point]] | None = None
+) -> list[list[tuple[float, float]]]:
     """Clean polylines for a symbol in unit canvas coordinates (x right, y down, all inside [0, 1]²).
 
     Capitals (and digits) stand on a cap height of ``CAP_HEIGHT`` above ``BASELINE``; lowercase letters on
     ``X_HEIGHT``, so ``stroke_paths("к", False)`` is drawn smaller than ``stroke_paths("к", True)``.
-    ``uppercase`` is ignored for digits. Raises :class:`~ukr_hw.labels.UnknownSymbolError` for other symbols.
+    ``uppercase`` is ignored for digits. ``shape`` (strokes in the unit box of the built-in shapes, e.g. one of
+    :data:`UNSEEN_FORMS`) is placed instead of the symbol's own. Raises :class:`~ukr_hw.labels.UnknownSymbolError`
+    for other symbols.
     """
     key = _key(symbol, uppercase)
-    paths = _SHAPES[key]
+    paths = _SHAPES[key] if shape is None else shape
     height = X_HEIGHT if (key.islower() and not key.isdigit()) else CAP_HEIGHT
     xs = [x for p in paths for x, _ in p]
     mid = (min(xs) + max(xs)) / 2
@@ -198,10 +220,15 @@ def _resample(path: Path_, step: float) -> np.ndarray:
 
 
 def writer_paths(
-    symbol: str, uppercase: bool | None, rng: np.random.Generator, *, variation: float = 1.0
+    symbol: str,
+    uppercase: bool | None,
+    rng: np.random.Generator,
+    *,
+    variation: float = 1.0,
+    shape: Sequence[Sequence[Point]] | None = None,
 ) -> list[np.ndarray]:
     """The symbol's paths as one writer draws it: scaled, slanted, rotated, shifted and wobbly (unit coords)."""
-    paths = [np.asarray(p, dtype=np.float64) for p in stroke_paths(symbol, uppercase)]
+    paths = [np.asarray(p, dtype=np.float64) for p in stroke_paths(symbol, uppercase, shape)]
     v = variation
     scale = rng.uniform(0.75, 1.25) if v else 1.0
     sx = scale * (1 + rng.normal(0, 0.1 * v))
@@ -247,12 +274,14 @@ def draw_canvas(
     *,
     color: tuple[int, int, int] | None = None,
     variation: float = 1.0,
+    shape: Sequence[Sequence[Point]] | None = None,
 ) -> Image.Image:
     """The symbol drawn with a round brush on a transparent RGBA canvas (like Gradio's sketchpad layer).
 
     ``width`` is the brush diameter in pixels (default: random 2–6 % of the shorter side for the seed);
     ``theme`` picks the default brush colour (black on light, white on dark); ``seed`` fixes the writer
-    (size, slant, placement, wobble); ``variation=0`` draws the clean :func:`stroke_paths`.
+    (size, slant, placement, wobble); ``variation=0`` draws the clean :func:`stroke_paths`; ``shape`` draws other
+    strokes for the symbol (see :func:`stroke_paths`).
     """
     if theme not in THEMES:
         raise ValueError(f"theme must be 'light' or 'dark', not {theme!r}")
@@ -267,7 +296,7 @@ def draw_canvas(
     side = min(w_px, h_px)
     ox, oy = (w_px - side) / 2, (h_px - side) / 2
     r = max(1.0, width * ss / 2)
-    for p in writer_paths(symbol, uppercase, rng, variation=variation):
+    for p in writer_paths(symbol, uppercase, rng, variation=variation, shape=shape):
         pts = [((ox + x * side) * ss, (oy + y * side) * ss) for x, y in p]
         if len(pts) > 1:
             draw.line(pts, fill=255, width=round(2 * r), joint="curve")
@@ -366,21 +395,29 @@ def render_stroke_glyphs(
     variation: float = 1.0,
     medium: Medium = "sketchpad",
     source: str = "strokes",
+    form: str | None = None,
 ) -> Samples:
     """Drawings of every symbol × case, preprocessed: :class:`Samples` with source ``source``.
 
     Each variant is a new "writer" (seeded), brush width a random fraction in ``widths`` of the canvas side,
     canvas side from ``sizes``; ids ``<source>/<symbol>/<U|L|D>/<k>``. ``medium="sketchpad"`` gives the Gradio
     Sketchpad value with the theme alternating over ``themes``; ``"paper"`` / ``"squared"`` a phone photo of the
-    drawing on plain / squared paper (:func:`paper_photo`; themes do not apply).
+    drawing on plain / squared paper (:func:`paper_photo`; themes do not apply). ``form`` (a key of
+    :data:`UNSEEN_FORMS`) draws only that symbol and case, in that form.
     """
     if medium not in ("sketchpad", "paper", "squared"):
         raise ValueError(f"medium must be 'sketchpad', 'paper' or 'squared', not {medium!r}")
+    if form is not None and form not in UNSEEN_FORMS:
+        raise ValueError(f"unknown form {form!r}; known forms: {sorted(UNSEEN_FORMS)}")
     settings = settings or get_settings()
     seed = settings.seed if seed is None else int(seed)
     wanted = None if symbols is None else {normalize_symbol(s) for s in symbols}
+    keys, shape = _KEYS, None
+    if form is not None:
+        symbol, upper, shape = UNSEEN_FORMS[form]
+        keys = ((symbol, CASE_NONE if is_digit(symbol) else CASE_UPPER if upper else CASE_LOWER),)
     xs, ys, cases, inks, ids = [], [], [], [], []
-    for symbol, case in _KEYS:
+    for symbol, case in keys:
         if wanted is not None and symbol not in wanted:
             continue
         for k in range(per_symbol):
@@ -390,10 +427,10 @@ def render_stroke_glyphs(
             args = (symbol, case == CASE_UPPER, (side, side), rng.uniform(*widths) * side, theme)
             writer = int(rng.integers(2**31))
             if medium == "sketchpad":
-                value: Any = sketchpad_value(*args, seed=writer, variation=variation)
+                value: Any = sketchpad_value(*args, seed=writer, variation=variation, shape=shape)
             else:
                 value = paper_photo(
-                    draw_canvas(*args, seed=writer, variation=variation), rng, squared=medium == "squared"
+                    draw_canvas(*args, seed=writer, variation=variation, shape=shape), rng, squared=medium == "squared"
                 )
             try:
                 glyph = preprocess(value)
@@ -403,7 +440,7 @@ def render_stroke_glyphs(
             ys.append(index_of(symbol))
             cases.append(case)
             inks.append(glyph.features)
-            ids.append(f"{source}/{symbol}/{_TAG[case]}/{k}")
+            ids.append(f"{source}/{symbol}/{_TAG[case]}/{k}" if form is None else f"{source}/{form}/{k}")
     if not xs:
         return Samples.empty()
     return Samples(np.stack(xs), ys, cases, np.stack(inks), [source] * len(ys), ids)
