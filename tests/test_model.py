@@ -244,6 +244,41 @@ def test_overfit_one_batch():
     assert ((c[letters] > 0).long() == case[letters]).all()
 
 
+def test_anchor_pulls_towards_the_teacher_only_where_the_teacher_is_right():
+    """The retrain's anchor: no pull while the student still answers like the teacher; once they differ, a pull
+    on the glyphs the teacher gets right and none on those it gets wrong (a form only users' drawings show)."""
+    import copy
+
+    torch.manual_seed(0)
+    s = make_samples(1, seed=7)
+    x, ink = to_input(torch.from_numpy(s.x)), torch.from_numpy(s.ink)
+    case = torch.from_numpy(s.case.astype(np.int64))
+    teacher = build_network({"width": 8, "hidden": 64, "dropout": 0.0}).eval()
+    with torch.no_grad():
+        t_pred = teacher(x, ink)[0].argmax(1)
+    student = copy.deepcopy(teacher)
+    lit = LitUkrHw(student, optim={"anchor_weight": 1.0}, teacher=teacher)
+    assert not any(p is q for p in lit.parameters() for q in teacher.parameters())  # the teacher is not trained
+    assert all(not k.startswith("_teacher") for k in lit.state_dict())
+
+    def grads(y: torch.Tensor) -> torch.Tensor:
+        student.zero_grad()
+        sym, c = student.eval()(x, ink)
+        lit.anchor_loss(x, ink, sym, c + student.config.case_shift, y, case).backward()
+        return torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None])
+
+    assert grads(t_pred).abs().max() < 1e-6  # same answers: nothing to pull
+    with torch.no_grad():
+        student.symbol_head.bias.add_(torch.randn(NUM_CLASSES))
+    assert grads(t_pred).abs().max() > 1e-4  # drifted where the teacher is right: pulled back
+    wrong = (t_pred + 1) % NUM_CLASSES  # the teacher is wrong everywhere: only the labels teach
+    assert grads(wrong).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="needs a teacher"):
+        LitUkrHw(build_network({"width": 4}), optim={"anchor_weight": 1.0})
+    with pytest.raises(ConfigError, match="anchor_weight > 0 needs a model to start from"):
+        finetune(load_config(None, {"finetune.anchor_weight": "1"}))
+
+
 def test_augment_keeps_shape_range_and_changes_pixels():
     torch.manual_seed(0)
     s = make_samples(2, seed=3)
@@ -393,6 +428,12 @@ def test_config_merge_and_overrides(tmp_path):
     assert cfg["finetune"]["lr"] == 0.0123 and cfg["finetune"]["epochs"] == 3 and cfg["augment"]["rotation_deg"] == 5
     with pytest.raises(ConfigError, match=r"unknown config key 'finetune\.lrr'"):
         load_config(None, {"finetune.lrr": "1"})
+    # retrain holds finetune keys (what `ukr-hw retrain` changes when it starts from the champion)
+    assert load_config(None, {"retrain.lr": "1e-3"})["retrain"] == {"lr": 0.001}
+    with pytest.raises(ConfigError, match=r"unknown config key 'retrain\.lrr'"):
+        load_config(None, {"retrain.lrr": "1"})
+    with pytest.raises(ConfigError, match="retrain must be a mapping"):
+        load_config(None, {"retrain": "8"})
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
 

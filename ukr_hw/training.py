@@ -89,8 +89,14 @@ DEFAULTS: dict[str, Any] = {
         #: share of a case vote of the remembered letters of the predicted symbol nearest in style and size (0: off)
         "knn_case_weight": 0.0,
         "knn_ink_scale": 2.0,  #: how much the ink boxes' L1 distance counts against embedding similarity
+        #: distillation towards the model the fine-tune starts from, on the glyphs it gets right (0: off); meant for
+        #: retraining from the champion (the retrain section), not for the first fine-tune from the MNIST body
+        "anchor_weight": 0.0,
+        "anchor_temperature": 2.0,
     },
     "augment": {},  #: fine-tune augmentation, see ukr_hw.model.augment.AugmentConfig (defaults when empty)
+    #: finetune keys that replace those above when retraining starts from the champion's weights (ukr-hw retrain)
+    "retrain": {},
 }
 
 
@@ -132,6 +138,7 @@ def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any] | No
                 value = yaml.safe_load(value) if value.strip() else value
             except yaml.YAMLError as exc:
                 raise ConfigError(f"override {key}={value!r} is not a valid value: {exc}") from exc
+            value = _number(value)
         parts = str(key).split(".")
         node = out
         for p in parts[:-1]:
@@ -142,13 +149,27 @@ def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any] | No
     return out
 
 
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; a number is what anyone typing it means."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _check_keys(config: Mapping[str, Any], defaults: Mapping[str, Any], where: str = "") -> None:
     for k, v in config.items():
         if k in ("merge",):
             continue
         if k not in defaults:
             raise ConfigError(f"unknown config key {where + k!r}; known keys here: {sorted(defaults)}")
-        if k != "augment" and isinstance(defaults[k], dict) and defaults[k] and isinstance(v, dict):
+        if k == "retrain" and not where:  # holds finetune keys
+            if not isinstance(v, dict):
+                raise ConfigError(f"retrain must be a mapping of finetune keys, got {v!r}")
+            _check_keys(v, defaults["finetune"], "retrain.")
+        elif k != "augment" and isinstance(defaults[k], dict) and defaults[k] and isinstance(v, dict):
             _check_keys(v, defaults[k], f"{where}{k}.")
 
 
@@ -221,6 +242,7 @@ def make_trainer(
 
 def _optim(section: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("lr", "weight_decay", "schedule", "pct_start", "body_lr_mult", "label_smoothing", "case_weight")
+    keys += ("anchor_weight", "anchor_temperature")
     return {k: section[k] for k in keys if k in section}
 
 
@@ -461,11 +483,15 @@ def _finetune_one(
     if f.get("dropout") is not None:
         net_cfg["dropout"] = float(f["dropout"])
     net = UkrHwNet(NetConfig.from_dict(net_cfg))
+    teacher = None
     if init is not None:
         net.load_state_dict(init.state_dict())
         net.forget()  # a champion's memory belongs to its weights: validation judges the network alone
+        teacher = copy.deepcopy(net) if float(f.get("anchor_weight") or 0) > 0 else None
+    elif float(f.get("anchor_weight") or 0) > 0:
+        raise ConfigError("finetune.anchor_weight > 0 needs a model to start from (init); set it to 0")
     dm = finetune_datamodule(config, settings, extra)
-    lit = LitUkrHw(net, optim=_optim(f), augment=config.get("augment") or {})
+    lit = LitUkrHw(net, optim=_optim(f), augment=config.get("augment") or {}, teacher=teacher)
     best = BestWeights("val/score", "max")
     cbs: list[Any] = [best, *callbacks]
     if f.get("patience"):
