@@ -32,6 +32,7 @@ TINY = {
         "use_synthetic": False,
         "members": 2,  # the champion is an ensemble, as in production: retraining continues each member
     },
+    "retrain": {"epochs": 1, "anchor_weight": 1.0},  # from the champion: shorter, anchored to the champion
 }
 
 
@@ -155,9 +156,15 @@ def test_retrain_learns_from_feedback_with_lineage(project) -> None:
     assert arts == [f"lineage/feedback_samples-{result['data_version']}.jsonl"]
     retrained, _ = load_net(f"models:/{s.model_name}/{version}", s)
     assert len(member_nets(retrained)) == 2  # an ensemble champion retrains into an ensemble
+    run = client.get_run(result["run_id"]).data
+    assert run.params["finetune.epochs"] == "1" and run.params["finetune.anchor_weight"] == "1.0"  # retrain section
+    # per-epoch learning curves of both members, anchored to the champion, although the run started after training
+    for member in ("member0", "member1"):
+        assert len(client.get_metric_history(result["run_id"], f"{member}-val/score")) == 1  # one epoch
+        assert client.get_metric_history(result["run_id"], f"{member}-train/anchor_loss")
     # 10 drawings leave too few held-out feedback letters to re-fit the case threshold: the configured one stays,
     # logged with the evidence, and the registered model carries it
-    logged = client.get_run(result["run_id"]).data.metrics
+    logged = run.metrics
     assert logged["test_case_threshold_fit_letters"] < 60
     assert [m.config.case_threshold for m in member_nets(retrained)] == [logged["test_case_threshold"]] * 2
     # promoted only under the gate

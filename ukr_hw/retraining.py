@@ -196,7 +196,12 @@ def finetune_from_champion(
     overrides: dict[str, Any] | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune from the champion; returns net, report (frozen test), user reports (new and champion), config."""
+    """Fine-tune from the champion; returns net, report (frozen test), user reports (new and champion), config and
+    the per-epoch metrics (``history``, for :func:`register`).
+
+    The config's ``retrain`` keys replace its ``finetune`` keys when a champion exists: the retrain starts from the
+    champion's weights, so it runs a shorter, gentler schedule anchored to the champion (``finetune.anchor_weight``).
+    """
     from ukr_hw import tracking, training
     from ukr_hw.model.evaluate import evaluate
 
@@ -214,7 +219,10 @@ def finetune_from_champion(
         champion, champion_version = None, None
     if champion is not None:  # the champion's architecture wins: its weights must fit
         config["net"] = {**config["net"], **dataclasses.asdict(champion.config)}
-    net, report = training.finetune(config, s, init=champion)
+        # and a gentler schedule keeps the new model near the champion while it learns the new samples
+        config["finetune"] = training.deep_merge(config["finetune"], config["retrain"])
+    make_logger, history = tracking.history_factory()  # per-epoch metrics, logged when register() starts the run
+    net, report = training.finetune(config, s, init=champion, make_logger=make_logger)
     user = load_user_test(s)
     user_report = evaluate(net, user) if len(user) else None
     champion_user = evaluate(champion, user) if len(user) and champion is not None else None
@@ -229,6 +237,7 @@ def finetune_from_champion(
         "champion_test_report": champion_test,
         "champion_version": champion_version,
         "config": config,
+        "history": history,
     }
 
 
@@ -252,6 +261,7 @@ def register(
     new_ids = collected.samples.id.tolist()
     tags = {"trigger": "feedback", "feedback_new_samples": len(new_ids)}
     with tracking.start_run("retrain", data_version=data_version, tags=tags, settings=s) as run:
+        tracking.log_history(trained.get("history") or [])
         tracking.log_eval(report, "test")
         if user_report is not None:
             tracking.log_eval(user_report, "user")

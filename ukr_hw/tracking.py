@@ -17,6 +17,7 @@ import json
 import math
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -174,6 +175,52 @@ def logger_factory(settings: Settings | None = None) -> Callable[[str], Any]:
         )
 
     return make
+
+
+def history_factory() -> tuple[Callable[[str], Any], list[tuple[str, float, int]]]:
+    """``(make, history)``: like :func:`logger_factory`, for training that runs before its MLflow run starts (the
+    retrain flow registers after it has trained). ``make(prefix)`` gives a Lightning logger that appends
+    ``(key, value, step)`` to ``history``; :func:`log_history` writes them into the run later."""
+    from lightning.pytorch.loggers.logger import Logger
+
+    history: list[tuple[str, float, int]] = []
+
+    class _HistoryLogger(Logger):
+        def __init__(self, prefix: str) -> None:
+            super().__init__()
+            self._prefix = prefix
+
+        @property
+        def name(self) -> str:
+            return "history"
+
+        @property
+        def version(self) -> str:
+            return self._prefix or "0"
+
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:  # the run logs the config
+            pass
+
+        def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+            for k, v in metrics.items():
+                history.append((f"{self._prefix}-{k}" if self._prefix else k, float(v), int(step or 0)))
+
+    return _HistoryLogger, history
+
+
+def log_history(history: list[tuple[str, float, int]]) -> None:
+    """Write :func:`history_factory`'s per-epoch metrics into the active run, with their steps."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_history() needs an active run: use it inside `with tracking.start_run(...)`")
+    now = int(1000 * time.time())
+    metrics = [Metric(k, v, now, step) for k, v, step in history if math.isfinite(v)]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(metrics), 1000):  # the tracking API takes at most 1000 metrics per batch
+        client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
 
 
 def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
