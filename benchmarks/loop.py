@@ -1,5 +1,8 @@
 """The feedback loop, measured: submit drawings of a new form → retrain → the API serves the new champion.
 
+The new form is one the stroke generator never draws (``--form``, default a cursive «т» written like «m», which
+the champion misreads), so the probes show whether retraining learnt it.
+
 Runs against whatever the settings point at; typically the native stack with a trained champion and the API up:
 
     ukr-hw stack up && source .stack/env && ukr-hw train        # once
@@ -7,7 +10,7 @@ Runs against whatever the settings point at; typically the native stack with a t
     .venv/bin/python benchmarks/loop.py --samples 40 --probes 40 [--via prefect|flow]
 
 Prints: seconds from the first submission to the API answering with the new champion (and the retrain's share),
-accuracy on held-out drawings of the new form (uppercase «Ю» by default) before/after, and frozen-test symbol
+accuracy on held-out drawings of the new form before/after, and frozen-test symbol
 accuracy of the old and new model versions (from the registry tags).
 """
 
@@ -25,11 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def drawing(symbol: str, upper: bool | None, seed: int) -> bytes:
+def drawing(symbol: str, upper: bool | None, seed: int, shape=None) -> bytes:
     from ukr_hw.data.strokes import draw_canvas
 
     buf = io.BytesIO()
-    draw_canvas(symbol, upper, seed=seed).save(buf, format="PNG")
+    draw_canvas(symbol, upper, seed=seed, shape=shape).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -49,8 +52,14 @@ def frozen_accuracy(version: str | None) -> float | None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--symbol", default="ю")
-    p.add_argument("--lower", action="store_true", help="the new form is lowercase (default: uppercase)")
+    p.add_argument(
+        "--form",
+        default="т-cursive",
+        help="a form of strokes.UNSEEN_FORMS (default: a cursive «т» written like «m»), or 'generator' for "
+        "--symbol as the stroke generator draws it",
+    )
+    p.add_argument("--symbol", default="ю", help="with --form generator")
+    p.add_argument("--lower", action="store_true", help="with --form generator: lowercase (default: uppercase)")
     p.add_argument("--samples", type=int, default=40, help="drawings submitted as feedback")
     p.add_argument("--probes", type=int, default=40, help="held-out drawings scored before/after")
     p.add_argument("--via", choices=["prefect", "flow"], default="prefect", help="deployment run or in-process flow")
@@ -59,21 +68,28 @@ def main() -> int:
 
     from ukr_hw import labels, tracking
     from ukr_hw.api_client import ApiClient
+    from ukr_hw.data.strokes import UNSEEN_FORMS
     from ukr_hw.feedback import FeedbackStore
     from ukr_hw.settings import get_settings
 
     s = get_settings()
-    upper = None if labels.is_digit(args.symbol) else not args.lower
+    if args.form == "generator":
+        shape = None
+        upper = None if labels.is_digit(args.symbol) else not args.lower
+    elif args.form in UNSEEN_FORMS:
+        args.symbol, upper, shape = UNSEEN_FORMS[args.form]
+    else:
+        p.error(f"unknown --form {args.form!r}: one of {sorted(UNSEEN_FORMS)} or 'generator'")
     api = ApiClient(s.api_url)
     api.wait_ready(timeout=60)
-    probes = [drawing(args.symbol, upper, 10_000 + i) for i in range(args.probes)]
+    probes = [drawing(args.symbol, upper, 10_000 + i, shape) for i in range(args.probes)]
     acc_before, served_before = form_accuracy(api, probes, args.symbol, upper)
     old = tracking.champion_version(s)
 
     store = FeedbackStore.from_settings(s)
     t0 = time.perf_counter()
     for i in range(args.samples):
-        store.save(drawing(args.symbol, upper, i), args.symbol, upper, client_id="benchmark")
+        store.save(drawing(args.symbol, upper, i, shape), args.symbol, upper, client_id="benchmark")
     t_submitted = time.perf_counter()
     if args.via == "prefect":
         cmd = [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deployment", "run", "retrain/weekly"]
@@ -98,7 +114,7 @@ def main() -> int:
             time.sleep(1)
     t_served = time.perf_counter()
 
-    shown = labels.display(args.symbol, upper)
+    shown = labels.display(args.symbol, upper) + ("" if args.form == "generator" else f" ({args.form})")
     print(f"feedback loop: {args.samples} drawings of «{shown}», {args.probes} held-out probes")
     print(f"  submit                         {t_submitted - t0:8.1f} s")
     print(f"  retrain (flow run)             {t_retrained - t_submitted:8.1f} s")
