@@ -98,6 +98,8 @@ class LitUkrHw(L.LightningModule):
         at ``anchor_temperature`` (× T²), plus ``case_weight`` × BCE to its raw P(upper) on the letters whose case
         it also gets right. Where the teacher is wrong (a form only users' drawings show) only the labels teach."""
         teacher = self._teacher[0]
+        if next(teacher.parameters()).device != x.device:  # outside the module, Lightning does not move it
+            teacher.to(x.device)
         with torch.no_grad():
             t_sym, t_case = teacher(x, ink)  # eval mode: its case logit less its threshold
         right = t_sym.argmax(1) == y
