@@ -114,7 +114,9 @@ def main() -> int:
             time.sleep(1)
     t_served = time.perf_counter()
 
-    shown = labels.display(args.symbol, upper) + ("" if args.form == "generator" else f" ({args.form})")
+    shown = labels.display(args.symbol, upper)
+    if args.form != "generator":
+        shown += f"» in the form «{args.form}"
     print(f"feedback loop: {args.samples} drawings of «{shown}», {args.probes} held-out probes")
     print(f"  submit                         {t_submitted - t0:8.1f} s")
     print(f"  retrain (flow run)             {t_retrained - t_submitted:8.1f} s")
