@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from tests.fixtures.data import temp_env
 from tests.fixtures.models import EPOCHS, NET
-from ukr_hw import tracking
+from ukr_hw import stack, tracking
 from ukr_hw.inference import Predictor
 
 
@@ -149,3 +150,45 @@ def test_symbol_rejection_says_how_many_glyphs() -> None:
     new, champ = {"symbol_accuracy": 0.8967, "case_accuracy": 0.924}, {"symbol_accuracy": 0.9004, "case_accuracy": 0.9}
     ok, why = tracking.decide_promotion(new, champ, tolerance=0.01, n=271)
     assert not ok and why == "symbol_accuracy 0.8967 < champion 0.9004 (a gap of 1 of the 271 frozen-test glyphs)"
+
+
+def test_models_lists_versions_and_promote_by_hand_overrides_the_gate(champion_model, client, capsys):
+    """`ukr-hw models` shows each version's frozen accuracy and verdict; `ukr-hw promote` moves the champion to a
+    version the gate rejected, keeps the operator's reason and the gate's verdict in its tag, and refuses a missing
+    version or an empty reason."""
+    from ukr_hw.cli import main
+    from ukr_hw.model.evaluate import evaluate
+    from ukr_hw.model.network import build_network
+
+    before = tracking.champion_version()
+    worse = build_network(NET).eval()
+    with tracking.start_run("worse-for-hand", data_version=champion_model.data_version):
+        reg = tracking.log_model_and_register(
+            worse, report=evaluate(worse, champion_model.test), data_version="dv-hand", params={}
+        )
+    assert not reg.promoted
+    try:
+        capsys.readouterr()
+        assert main(["models"]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [r["version"] for r in rows] == sorted((r["version"] for r in rows), key=int, reverse=True)
+        listed = {r["version"]: r for r in rows}
+        assert listed[before]["champion"] and not listed[reg.version]["champion"]
+        assert listed[reg.version]["promotion"].startswith("rejected: ") and "symbol_accuracy" in listed[reg.version]
+
+        with temp_env(UKR_HW_API_URL=f"http://127.0.0.1:{stack.free_port()}"):  # nobody listens
+            assert main(["promote", reg.version, "--reason", "learnt the users' «т»"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["champion"] == reg.version and out["previous"] == before
+        assert out["api"]["reloaded"] is False  # no API here: a warning, the alias has moved anyway
+        assert tracking.champion_version() == reg.version
+        tag = client.get_model_version(champion_model.model_name, reg.version).tags["promotion"]
+        assert tag.startswith("promoted by hand: learnt the users' «т» (champion was v") and "rejected: " in tag
+
+        assert main(["promote", "999", "--reason", "x"]) == 2
+        assert "has no version '999'" in capsys.readouterr().err
+        assert main(["promote", before, "--reason", "  "]) == 2
+        assert "say why" in capsys.readouterr().err
+        assert tracking.champion_version() == reg.version  # refused: nothing moved
+    finally:
+        tracking.set_champion(before)

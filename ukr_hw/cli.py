@@ -86,6 +86,26 @@ def _retrain(args: argparse.Namespace) -> None:
     _print_json(retrain())
 
 
+def _models(args: argparse.Namespace) -> None:
+    from ukr_hw import tracking
+
+    for row in tracking.list_versions():
+        _print_json(row)
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from ukr_hw import tracking
+    from ukr_hw.retraining import notify_api
+
+    try:
+        result = tracking.promote_by_hand(args.version, args.reason)
+    except ValueError as exc:
+        print(f"ukr-hw promote: {exc}", file=sys.stderr)
+        return 2
+    _print_json({**result, "api": notify_api()})
+    return 0
+
+
 def _stack(args: argparse.Namespace) -> int:
     from ukr_hw import stack
 
@@ -145,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("up", _up, "Train a first model if needed, then start the API and the UI together (Ctrl-C stops both).")
     add("retrain", _retrain, "Retrain on new feedback samples; promote if better; tell the API to reload.")
+    add("models", _models, "List the registered versions: frozen-test accuracy, champion or not, and why.")
+    p = add("promote", _promote, "Make a registered version the champion by hand, over the gate; tell the API.")
+    p.add_argument("version", help="the registered version (`ukr-hw models` lists them)")
+    p.add_argument("--reason", required=True, help="why: kept in the version's promotion tag")
 
     p = add("stack", _stack, "Start, stop or inspect the native service stack (no Docker needed).")
     p.add_argument("action", choices=["up", "down", "status"])

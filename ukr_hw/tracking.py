@@ -335,6 +335,54 @@ def champion_version(settings: Settings | None = None) -> str | None:
         return None
 
 
+def list_versions(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Every registered version, newest first: its frozen-test metrics, whether it is the champion, the data
+    version it learnt from and the ``promotion`` tag (why the gate promoted it or not)."""
+    s = settings or get_settings()
+    client = _client(s)
+    champion = champion_version(s)
+    rows = []
+    for v in sorted(client.search_model_versions(f"name = '{s.model_name}'"), key=lambda v: -int(v.version)):
+        rows.append(
+            {
+                "version": str(v.version),
+                "champion": str(v.version) == champion,
+                **_version_metrics(client, v),
+                "data_version": v.tags.get("data_version"),
+                "promotion": v.tags.get("promotion"),
+            }
+        )
+    return rows
+
+
+def promote_by_hand(version: str | int, reason: str, settings: Settings | None = None) -> dict[str, Any]:
+    """An operator's decision over the gate: the champion alias moves to ``version``, whose ``promotion`` tag then
+    says who decided, why, and what the gate had said. Returns ``{"champion", "previous"}``.
+
+    For a version the gate rejected by a glyph or two of the frozen split that clearly learnt what users taught
+    it (its ``user_*`` metrics), or to roll back to an older champion.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if not reason.strip():
+        raise ValueError("say why this version should be the champion (--reason): the registry keeps the reason")
+    s = settings or get_settings()
+    client = _client(s)
+    try:
+        mv = client.get_model_version(s.model_name, str(version))
+    except MlflowException as exc:
+        raise ValueError(
+            f"model {s.model_name!r} has no version {version!r} in {s.resolved_tracking_uri()}; "
+            "`ukr-hw models` lists the registered versions"
+        ) from exc
+    previous = champion_version(s)
+    client.set_registered_model_alias(s.model_name, s.champion_alias, str(mv.version))
+    gate = mv.tags.get("promotion", "no verdict")
+    tag = f"promoted by hand: {reason.strip()} (champion was v{previous}; the gate had said: {gate})"
+    client.set_model_version_tag(s.model_name, str(mv.version), "promotion", tag)
+    return {"champion": str(mv.version), "previous": previous}
+
+
 def set_champion(version: str | int, settings: Settings | None = None) -> None:
     """Move the champion alias to ``version`` (admin / tests; training uses the promotion rule)."""
     s = settings or get_settings()
