@@ -22,7 +22,6 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +45,9 @@ RECIPES = {"retrain section": {}, "training recipe": {"retrain": "{}"}}
 
 
 def form_drawings(settings: Settings, form: str, n: int, seed: int, source: str) -> Samples:
-    """``n`` sketchpad drawings of ``form`` by writers of ``seed`` (light and dark themes, thin to thick brushes)."""
-    drawn = render_stroke_glyphs(settings, per_symbol=n, seed=seed, form=form, widths=(0.015, 0.07), source=source)
-    return replace(drawn, id=np.asarray([f"{source}/{form}-{seed}-{i}" for i in range(len(drawn))]))
+    """``n`` sketchpad drawings of ``form`` by writers of ``seed`` (light and dark themes, thin to thick brushes),
+    ids ``<source>/<form>/<k>``."""
+    return render_stroke_glyphs(settings, per_symbol=n, seed=seed, form=form, widths=(0.015, 0.07), source=source)
 
 
 def main(argv: list[str] | None = None) -> int:

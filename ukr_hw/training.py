@@ -482,14 +482,15 @@ def _finetune_one(
     net_cfg = dict(config["net"])
     if f.get("dropout") is not None:
         net_cfg["dropout"] = float(f["dropout"])
+    anchored = float(f.get("anchor_weight") or 0) > 0
+    if anchored and init is None:
+        raise ConfigError("finetune.anchor_weight > 0 needs a model to start from (init); set it to 0")
     net = UkrHwNet(NetConfig.from_dict(net_cfg))
     teacher = None
     if init is not None:
         net.load_state_dict(init.state_dict())
         net.forget()  # a champion's memory belongs to its weights: validation judges the network alone
-        teacher = copy.deepcopy(net) if float(f.get("anchor_weight") or 0) > 0 else None
-    elif float(f.get("anchor_weight") or 0) > 0:
-        raise ConfigError("finetune.anchor_weight > 0 needs a model to start from (init); set it to 0")
+        teacher = copy.deepcopy(net) if anchored else None
     dm = finetune_datamodule(config, settings, extra)
     lit = LitUkrHw(net, optim=_optim(f), augment=config.get("augment") or {}, teacher=teacher)
     best = BestWeights("val/score", "max")
