@@ -157,18 +157,43 @@ def test_render_stroke_glyphs_labels_and_determinism() -> None:
     assert again.digest() == s.digest()
 
 
+@pytest.mark.parametrize("key", sorted(strokes.CURSIVE_FORMS))
+def test_cursive_forms_draw_inside_the_canvas_and_differ_from_print(key) -> None:
+    upper = None if key.isdigit() else key.isupper()
+    for shape in strokes.CURSIVE_FORMS[key]:
+        pts = np.array([p for path in strokes.stroke_paths(key, upper, shape) for p in path])
+        assert pts.min() >= 0 and pts.max() <= 1
+        cursive = np.asarray(strokes.draw_canvas(key, upper, (96, 96), width=4, variation=0, shape=shape))[..., 3]
+        own = np.asarray(strokes.draw_canvas(key, upper, (96, 96), width=4, variation=0))[..., 3]
+        assert cursive.max() == 255 and not np.array_equal(cursive, own)
+
+
+def test_cursive_drawings_are_added_to_the_print_ones() -> None:
+    """``cursive=k`` adds k drawings per symbol × case that has cursive forms, cycling through them, and leaves
+    the print drawings exactly as they were (the same writer seeds)."""
+    settings = get_settings()
+    kw = {"per_symbol": 2, "seed": 9, "symbols": ["д", "о", "7"]}
+    plain = strokes.render_stroke_glyphs(settings, **kw)
+    mixed = strokes.render_stroke_glyphs(settings, cursive=3, **kw)
+    extra = [i for i in mixed.id if i not in set(plain.id)]
+    assert sorted(extra) == sorted(f"strokes/{s}/{t}/c{k}" for s, t in (("д", "L"), ("7", "D")) for k in range(3))
+    at = {i: k for k, i in enumerate(mixed.id)}
+    assert all(np.array_equal(plain.x[k], mixed.x[at[i]]) for k, i in enumerate(plain.id))
+    # the two cursive forms of «д» («g» and «∂») both appear
+    d = [mixed.x[at[f"strokes/д/L/c{k}"]] for k in range(2)]
+    assert not np.array_equal(d[0], d[1])
+
+
 def test_unseen_forms_draw_their_own_strokes_for_one_symbol_and_case() -> None:
     """A form the generator's writers never draw (the benchmarks' stand-in for a user's own hand): the same writer
     seed draws other ink than the symbol's built-in shape, and only that symbol and case are rendered."""
-    symbol, upper, shape = strokes.UNSEEN_FORMS["т-cursive"]
+    symbol, upper, shape = strokes.UNSEEN_FORMS["4-open"]
     own = np.asarray(strokes.draw_canvas(symbol, upper, seed=5))
     form = np.asarray(strokes.draw_canvas(symbol, upper, seed=5, shape=shape))
     assert form[..., 3].any() and not np.array_equal(own, form)
-    s = strokes.render_stroke_glyphs(get_settings(), per_symbol=3, seed=9, form="т-cursive", source="feedback")
-    assert len(s) == 3 and set(s.y) == {index_of("т")} and set(s.case) == {CASE_LOWER}
-    assert list(s.id) == [f"feedback/т-cursive/{k}" for k in range(3)]
-    digit = strokes.render_stroke_glyphs(get_settings(), per_symbol=1, seed=9, form="4-open")
-    assert set(digit.y) == {index_of("4")} and set(digit.case) == {CASE_NONE}
+    s = strokes.render_stroke_glyphs(get_settings(), per_symbol=3, seed=9, form="4-open", source="feedback", cursive=2)
+    assert len(s) == 3 and set(s.y) == {index_of("4")} and set(s.case) == {CASE_NONE}
+    assert list(s.id) == [f"feedback/4-open/{k}" for k in range(3)]
     with pytest.raises(ValueError, match="unknown form 'x'"):
         strokes.render_stroke_glyphs(get_settings(), per_symbol=1, form="x")
 

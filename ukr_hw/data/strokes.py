@@ -155,19 +155,56 @@ _SHAPES = _shapes()
 #: shapes: a stand-in for users teaching the model their own hand (``benchmarks/loop.py``,
 #: ``benchmarks/retrain_recipe.py``). Each is (symbol, uppercase, strokes); pass the strokes as ``shape=``.
 UNSEEN_FORMS: dict[str, tuple[str, bool | None, list[Path_]]] = {
-    # the cursive «т», written like a Latin «m»: the champion reads it as «м», «л» or «п» three times in four
-    "т-cursive": (
-        "т",
-        False,
-        [
-            [(0.0, 1.0), (0.0, 0.2)],
-            [*_arc(0.17, 0.35, 0.17, 0.35, 180, 360), (0.34, 1.0)],
-            [*_arc(0.51, 0.35, 0.17, 0.35, 180, 360), (0.68, 1.0)],
-        ],
-    ),
     # «4» with an open top, as many people write it (close to «ч»)
     "4-open": ("4", None, [[(0.0, 0.0), (0.0, 0.6), (0.7, 0.6)], [(0.55, 0.0), (0.55, 1.0)]]),
 }
+
+
+#: Cursive forms (Ukrainian school handwriting, «пропис»), keyed like the built-in shapes («т» lowercase, «Е»
+#: uppercase): most Ukrainians write these rather than print on paper, and Rukopys is written in them. Each key has
+#: one or more alternatives in the same unit box; :func:`render_stroke_glyphs` draws ``cursive`` extra drawings
+#: per symbol × case in them, cycling through the key's forms. A capital written as a large lowercase form (И, Й,
+#: Ц, Ш, Щ, Ж, Х) has that form too, so that size, not shape, tells the case.
+def _cursive() -> dict[str, list[list[Path_]]]:
+    u = [(0.0, 0.0), (0.0, 0.7), *_arc(0.27, 0.7, 0.27, 0.3, 180, 0), (0.54, 0.0)]  # the «u» of и, й, ц, у
+    stem = [(0.54, 0.0), (0.54, 1.0)]
+    hump = _arc(0.2, 0.75, 0.2, 0.25, 180, 0)
+    sha = [[(0.0, 0.0), (0.0, 0.75), *hump, (0.4, 0.0)], [(0.4, 0.75), *[(x + 0.4, y) for x, y in hump], (0.8, 0.0)]]
+    m = [  # «т» written like a Latin «m»
+        [(0.0, 1.0), (0.0, 0.2)],
+        [*_arc(0.17, 0.35, 0.17, 0.35, 180, 360), (0.34, 1.0)],
+        [*_arc(0.51, 0.35, 0.17, 0.35, 180, 360), (0.68, 1.0)],
+    ]
+    x = [_arc(0.0, 0.5, 0.3, 0.5, -65, 65), _arc(0.62, 0.5, 0.3, 0.5, 245, 115)]  # «)(»
+    zhe = [_arc(-0.05, 0.5, 0.3, 0.5, -65, 65), [(0.35, 0.0), (0.35, 1.0)], _arc(0.75, 0.5, 0.3, 0.5, 245, 115)]
+    forms: dict[str, list[list[Path_]]] = {
+        "т": [m, [*m, [(0.0, -0.22), (0.68, -0.22)]]],  # with or without the bar above
+        "и": [[u, stem]],
+        "й": [[u, stem, _arc(0.27, -0.24, 0.16, 0.1, 180, 0)]],
+        "ц": [[u, [*stem, (0.66, 1.0), (0.66, 1.32)]]],
+        "у": [[u, [(0.54, 0.0), (0.54, 1.3), *_arc(0.34, 1.3, 0.2, 0.24, 0, 180)]]],
+        "п": [[[(0.0, 1.0), (0.0, 0.3), *_arc(0.27, 0.3, 0.27, 0.3, 180, 360), (0.54, 1.0)]]],
+        "д": [  # «g» and «∂»
+            [_arc(0.28, 0.5, 0.28, 0.5, 330, -30), [(0.56, 0.05), (0.56, 1.3), *_arc(0.36, 1.3, 0.2, 0.24, 0, 180)]],
+            [
+                _arc(0.28, 0.55, 0.28, 0.45, 330, -30),
+                [(0.56, 1.0), (0.56, -0.25), *_arc(0.34, -0.25, 0.22, 0.3, 0, -150)],
+            ],
+        ],
+        "ш": [[sha[0], [*sha[1], (0.8, 1.0)]]],
+        "щ": [[sha[0], [*sha[1], (0.8, 1.0), (0.92, 1.0), (0.92, 1.32)]]],
+        "з": [[_arc(0.3, 0.25, 0.27, 0.25, 215, 450) + _arc(0.28, 0.85, 0.3, 0.35, 270, 500)]],  # with a descender
+        "х": [x],
+        "ж": [zhe],
+        "Е": [[_arc(0.32, 0.26, 0.28, 0.26, -30, -270) + _arc(0.32, 0.74, 0.3, 0.26, -90, -330)]],  # «Ɛ»
+        "7": [[[(0.0, 0.0), (0.62, 0.0), (0.2, 1.0)], [(0.16, 0.52), (0.6, 0.48)]]],  # crossed, as in Europe
+    }
+    for lower in ("и", "й", "ц", "ш", "щ", "х", "ж"):
+        forms[lower.upper()] = forms[lower]
+    return forms
+
+
+CURSIVE_FORMS = _cursive()
 
 
 def _key(symbol: str, uppercase: bool | None) -> str:
@@ -396,6 +433,7 @@ def render_stroke_glyphs(
     medium: Medium = "sketchpad",
     source: str = "strokes",
     form: str | None = None,
+    cursive: int = 0,
 ) -> Samples:
     """Drawings of every symbol × case, preprocessed: :class:`Samples` with source ``source``.
 
@@ -403,7 +441,8 @@ def render_stroke_glyphs(
     canvas side from ``sizes``; ids ``<source>/<symbol>/<U|L|D>/<k>``. ``medium="sketchpad"`` gives the Gradio
     Sketchpad value with the theme alternating over ``themes``; ``"paper"`` / ``"squared"`` a phone photo of the
     drawing on plain / squared paper (:func:`paper_photo`; themes do not apply). ``form`` (a key of
-    :data:`UNSEEN_FORMS`) draws only that symbol and case, in that form.
+    :data:`UNSEEN_FORMS`) draws only that symbol and case, in that form. ``cursive`` adds that many drawings per
+    symbol × case that has :data:`CURSIVE_FORMS`, in those forms (ids ``<source>/<symbol>/<U|L|D>/c<k>``).
     """
     if medium not in ("sketchpad", "paper", "squared"):
         raise ValueError(f"medium must be 'sketchpad', 'paper' or 'squared', not {medium!r}")
@@ -420,17 +459,23 @@ def render_stroke_glyphs(
     for symbol, case in keys:
         if wanted is not None and symbol not in wanted:
             continue
-        for k in range(per_symbol):
-            rng = _rng(seed, "sample", symbol, case, k)
+        key = _key(symbol, case == CASE_UPPER)
+        extra = CURSIVE_FORMS.get(key, []) if form is None else []
+        plan: list[tuple[str, Sequence[Sequence[Point]] | None]] = [(str(k), shape) for k in range(per_symbol)]
+        plan += [(f"c{k}", extra[k % len(extra)]) for k in range(cursive if extra else 0)]
+        for n, (k, strokes) in enumerate(plan):
+            rng = _rng(seed, "sample", symbol, case, k)  # seeds hash str(part): "3" draws as 3 did
             side = int(rng.choice(list(sizes)))
-            theme = themes[k % len(themes)]
+            theme = themes[n % len(themes)]
             args = (symbol, case == CASE_UPPER, (side, side), rng.uniform(*widths) * side, theme)
             writer = int(rng.integers(2**31))
             if medium == "sketchpad":
-                value: Any = sketchpad_value(*args, seed=writer, variation=variation, shape=shape)
+                value: Any = sketchpad_value(*args, seed=writer, variation=variation, shape=strokes)
             else:
                 value = paper_photo(
-                    draw_canvas(*args, seed=writer, variation=variation, shape=shape), rng, squared=medium == "squared"
+                    draw_canvas(*args, seed=writer, variation=variation, shape=strokes),
+                    rng,
+                    squared=medium == "squared",
                 )
             try:
                 glyph = preprocess(value)
