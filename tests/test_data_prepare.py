@@ -14,6 +14,7 @@ from tests.fixtures.data import TEST_MNIST_LIMIT, run_prepare
 from ukr_hw import labels
 from ukr_hw.data.arrays import Samples, load_samples
 from ukr_hw.data.split import append_to_train
+from ukr_hw.data.strokes import CURSIVE_FORMS
 
 
 def test_prepared_sizes_and_stratified_split(prepared_data):
@@ -52,8 +53,9 @@ def test_outputs_manifest_preview_and_dvc(prepared_data):
     assert (d / "preview.png").stat().st_size > 10_000
     assert (d / "bad_rows.csv").read_text().startswith("source,line,file")
     assert (d / "synthetic_train.npz").exists()
-    drawings = load_samples(d / "strokes_train.npz")  # UKR_HW_STROKE_GLYPHS=1: one per symbol × case
-    assert len(drawings) == prepared_data.summary["strokes"] == manifest["splits"]["strokes_train"]["n"] == 76
+    drawings = load_samples(d / "strokes_train.npz")  # one per symbol × case, one more per cursive key
+    n_drawings = 76 + len(CURSIVE_FORMS)
+    assert len(drawings) == prepared_data.summary["strokes"] == manifest["splits"]["strokes_train"]["n"] == n_drawings
     assert set(drawings.source) == {"strokes"} and not set(drawings.id) & set(load_samples(d / "finetune_test.npz").id)
     # DVC: both folders tracked, version = hash of data/processed, pushed to the temp remote
     processed_dvc = yaml.safe_load((prepared_data.root / "data" / "processed.dvc").read_text())

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Sketchpad-style drawings per symbol × case rendered as extra training data (0 = none).",
     )
+    stroke_cursive_glyphs: int = Field(
+        4,
+        ge=0,
+        description="More drawings per symbol × case in its cursive (пропис) forms, where it has them (0 = none).",
+    )
     mnist_limit: int | None = Field(None, ge=1, description="Cap the full MNIST train/test arrays (fast tests).")
     prep_workers: int = Field(2, ge=1, description="Processes for glyph/MNIST preprocessing.")
     frozen_test_ids: Path = Field(

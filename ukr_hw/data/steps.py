@@ -145,7 +145,8 @@ def render_fonts(settings: Settings) -> int:
 
 
 def render_strokes(settings: Settings) -> int:
-    """Sketchpad-style training drawings → ``strokes_train.npz`` (``settings.stroke_glyphs`` per symbol × case).
+    """Sketchpad-style training drawings → ``strokes_train.npz`` (``settings.stroke_glyphs`` per symbol × case, and
+    ``settings.stroke_cursive_glyphs`` more in the cursive forms of the symbols that have them).
 
     What the browser sends: brush strokes on a transparent canvas, both themes, thin to thick brushes, lowercase
     drawn smaller than uppercase. Without them the model reads small print-shaped lowercase (в, к, н, т …) as
@@ -155,7 +156,9 @@ def render_strokes(settings: Settings) -> int:
     from ukr_hw.data import strokes
 
     out = settings.processed_dir / STROKES
-    key = stamps.digest(strokes, preprocess_module, settings.seed, settings.stroke_glyphs)
+    key = stamps.digest(
+        strokes, preprocess_module, settings.seed, settings.stroke_glyphs, settings.stroke_cursive_glyphs
+    )
     if stamps.is_fresh(cache_dir(settings), "strokes", key, [out]):
         return int(stamps.read_stamp(cache_dir(settings), "strokes")["n"])
     samples = Samples.empty()
@@ -167,6 +170,7 @@ def render_strokes(settings: Settings) -> int:
             widths=(0.015, 0.07),
             sizes=(256, 400, 560),
             variation=1.2,
+            cursive=settings.stroke_cursive_glyphs,
         )
     save_samples(samples, out)
     stamps.write_stamp(cache_dir(settings), "strokes", key, n=len(samples))
