@@ -69,7 +69,15 @@ def holdout_fonts(settings: Settings, stems: list[str] | None) -> list[Path]:
     return fonts.list_fonts(probe)
 
 
-SETS = ("fonts-heldout", "strokes-light", "strokes-dark", "paper-plain", "paper-squared", "finetune-test")
+SETS = (
+    "fonts-heldout",
+    "strokes-light",
+    "strokes-dark",
+    "strokes-cursive",
+    "paper-plain",
+    "paper-squared",
+    "finetune-test",
+)
 
 
 def build_sets(
@@ -96,6 +104,10 @@ def build_sets(
             widths=(0.06, 0.09),
             sizes=(256, 640),
             variation=1.5,
+        )
+    if "strokes-cursive" in only:  # the cursive forms (strokes.CURSIVE_FORMS) by unseen writers, both themes
+        sets["strokes-cursive"] = strokes.render_stroke_glyphs(
+            settings, per_symbol=0, cursive=3 * per_symbol, seed=seed + 5, widths=(0.015, 0.06), sizes=(300, 500)
         )
     for k, medium in enumerate(("paper", "squared")):
         name = f"paper-{'plain' if medium == 'paper' else medium}"

@@ -1,7 +1,7 @@
 """The feedback loop, measured: submit drawings of a new form → retrain → the API serves the new champion.
 
-The new form is one the stroke generator never draws (``--form``, default a cursive «т» written like «m», which
-the champion misreads), so the probes show whether retraining learnt it.
+The new form is one the stroke generator never draws (``--form``, default a «4» with an open top, which the
+champion reads as «ч» two times in three), so the probes show whether retraining learnt it.
 
 Runs against whatever the settings point at; typically the native stack with a trained champion and the API up:
 
@@ -54,8 +54,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--form",
-        default="т-cursive",
-        help="a form of strokes.UNSEEN_FORMS (default: a cursive «т» written like «m»), or 'generator' for "
+        default="4-open",
+        help="a form of strokes.UNSEEN_FORMS (default: a «4» with an open top), or 'generator' for "
         "--symbol as the stroke generator draws it",
     )
     p.add_argument("--symbol", default="ю", help="with --form generator")

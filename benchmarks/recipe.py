@@ -27,11 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from generalization import build_sets, score  # noqa: E402
+from generalization import SETS, build_sets, score  # noqa: E402
 
 from ukr_hw import training  # noqa: E402
 from ukr_hw.data import split  # noqa: E402
 from ukr_hw.data.arrays import load_samples  # noqa: E402
+from ukr_hw.labels import CASE_NONE, CASE_UPPER, SYMBOLS  # noqa: E402
 from ukr_hw.model.evaluate import predict_samples  # noqa: E402
 from ukr_hw.model.network import EnsembleNet  # noqa: E402
 from ukr_hw.settings import get_settings  # noqa: E402
@@ -90,17 +91,36 @@ def main(argv: list[str] | None = None) -> int:
         ensemble = EnsembleNet(nets)  # the very network `finetune.members` serves
         print(f"{args.tag}: ensemble of {len(nets)} (averaged probabilities)")
         for n in names:
-            r = score(*predict_samples(ensemble, sets[n]), sets[n])
+            probs, case_prob = predict_samples(ensemble, sets[n])
+            r = score(probs, case_prob, sets[n])
             keys = ("symbol_accuracy", "case_accuracy", "letters_as_digits", "digits_as_letters")
             result[n]["ensemble"] = [r[k] for k in keys]
             print(
                 f"  {n:16} {r['symbol_accuracy']:.3f} / {r['case_accuracy']:.3f}   letters→digits "
                 f"{r['letters_as_digits']:5.1%}  digits→letters {r['digits_as_letters']:5.1%}"
             )
+            if n == "finetune-test":
+                result[n]["ensemble_errors"] = _misreads(probs, case_prob, sets[n])
+        print("  frozen split, the ensemble's misreads:", ", ".join(result["finetune-test"]["ensemble_errors"]))
     out = REPO / "data/reports/recipes" / f"{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return 0
+
+
+def _misreads(probs: np.ndarray, case_prob: np.ndarray, samples) -> list[str]:
+    """``id true→read`` for each symbol or case error (capitals written upper-case), to diff recipes glyph by glyph."""
+
+    def name(symbol: int, upper: bool) -> str:
+        return SYMBOLS[symbol].upper() if upper else SYMBOLS[symbol]
+
+    out = []
+    for i, (p, c) in enumerate(zip(probs.argmax(1), case_prob, strict=True)):
+        y, case = int(samples.y[i]), int(samples.case[i])
+        upper_read = bool(c >= 0.5) and case != CASE_NONE
+        if p != y or (case != CASE_NONE and upper_read != (case == CASE_UPPER)):
+            out.append(f"{samples.id[i]} {name(y, case == CASE_UPPER)}→{name(int(p), upper_read)}")
+    return out
 
 
 def _sets(settings, cache: Path) -> dict:
@@ -109,14 +129,15 @@ def _sets(settings, cache: Path) -> dict:
 
     test = load_samples(settings.processed_dir / split.TEST_FILE)
     index = cache / "sets.json"
-    if index.exists():
-        sets = {n: load_samples(cache / f"{n}.npz") for n in json.loads(index.read_text())}
-    else:
-        sets = build_sets(settings, None, per_symbol=2, seed=1000)
-        sets.pop("finetune-test", None)
+    cached = json.loads(index.read_text()) if index.exists() else []
+    sets = {n: load_samples(cache / f"{n}.npz") for n in cached}
+    missing = tuple(n for n in SETS if n not in sets and n != "finetune-test")
+    if missing:  # a set added since the cache was built is built alone; the cached ones stay as they were
+        new = build_sets(settings, None, per_symbol=2, seed=1000, only=missing)
         cache.mkdir(parents=True, exist_ok=True)
-        for n, s in sets.items():
+        for n, s in new.items():
             save_samples(s, cache / f"{n}.npz")
+        sets |= new
         index.write_text(json.dumps(list(sets)))
     return {"finetune-test": test, **sets}
 

@@ -1,9 +1,10 @@
 """Retraining from the champion: does the new model learn users' own forms, and does it pass the promotion gate?
 
-    nice .venv/bin/python benchmarks/retrain_recipe.py [--form т-cursive --samples 40 --probes 40] [--seeds 42 1 2]
+    nice .venv/bin/python benchmarks/retrain_recipe.py [--form 4-open --samples 40 --probes 40] [--seeds 42 1 2]
 
-1. Users teach a form that the generator's writers never draw (``strokes.UNSEEN_FORMS``; by default a cursive «т»
-   written like «m»): ``--samples`` sketchpad drawings by unseen writers, confirmed as feedback.
+1. Users teach a form that the generator's writers never draw (``strokes.UNSEEN_FORMS``; by default a «4» with
+   an open top, which the champion reads as «ч» two times in three): ``--samples`` sketchpad drawings by unseen
+   writers, confirmed as feedback.
 2. The retrain flow's fine-tune (``ukr_hw.retraining.finetune_from_champion``), in a copy of the prepared data with
    the feedback among the training glyphs, once per seed and recipe:
    - *retrain section*: the champion's weights with the config's ``retrain`` keys over ``finetune``. This is what
@@ -52,7 +53,7 @@ def form_drawings(settings: Settings, form: str, n: int, seed: int, source: str)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--form", default="т-cursive", choices=sorted(UNSEEN_FORMS))
+    ap.add_argument("--form", default="4-open", choices=sorted(UNSEEN_FORMS))
     ap.add_argument("--samples", type=int, default=40, help="drawings of the form confirmed as feedback")
     ap.add_argument("--probes", type=int, default=40, help="drawings of the form by other writers, scored")
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="retrain seeds")
