@@ -19,7 +19,7 @@ from ukr_hw.model.evaluate import evaluate, write_reports
 from ukr_hw.model.lit import LitUkrHw, masked_case_loss, to_input
 from ukr_hw.model.network import EnsembleNet, build_network, member_nets, network_config
 from ukr_hw.settings import get_settings
-from ukr_hw.training import ConfigError, finetune, load_config, pretrain
+from ukr_hw.training import ConfigError, average_weights, finetune, load_config, pretrain
 
 torch.set_num_threads(1)  # a shared CPU: one thread avoids OpenMP spin-waits
 
@@ -275,8 +275,33 @@ def test_anchor_pulls_towards_the_teacher_only_where_the_teacher_is_right():
     assert grads(wrong).abs().max() < 1e-6
     with pytest.raises(ValueError, match="needs a teacher"):
         LitUkrHw(build_network({"width": 4}), optim={"anchor_weight": 1.0})
-    with pytest.raises(ConfigError, match="anchor_weight > 0 needs a model to start from"):
+    with pytest.raises(ConfigError, match=r"anchor_weight and finetune\.average_with_init need a model to start"):
         finetune(load_config(None, {"finetune.anchor_weight": "1"}))
+
+
+def test_average_weights_blends_floats_with_the_start_and_keeps_counts():
+    """WiSE-FT for retraining: parameters and float buffers end between the fine-tuned and the starting weights;
+    integer buffers (batch-norm counts) keep the fine-tuned value; a bad share is refused."""
+    import copy
+
+    torch.manual_seed(0)
+    net = build_network({"width": 4, "hidden": 16})
+    start = copy.deepcopy(net.state_dict())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    tuned = copy.deepcopy(net.state_dict())
+    average_weights(net, start, 0.25)
+    now = net.state_dict()
+    for name, value in now.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.75 * tuned[name] + 0.25 * start[name]), name
+        else:
+            assert torch.equal(value, tuned[name]), name
+    with pytest.raises(ConfigError, match="average_with_init must be in"):
+        finetune(load_config(None, {"finetune.average_with_init": "1.5"}))
+    with pytest.raises(ConfigError, match="need a model to start from"):
+        finetune(load_config(None, {"finetune.average_with_init": "0.5"}))
 
 
 def test_augment_keeps_shape_range_and_changes_pixels():

@@ -32,7 +32,8 @@ TINY = {
         "use_synthetic": False,
         "members": 2,  # the champion is an ensemble, as in production: retraining continues each member
     },
-    "retrain": {"epochs": 1, "anchor_weight": 1.0},  # from the champion: shorter, anchored to the champion
+    # from the champion: shorter, anchored to the champion, averaged with its weights
+    "retrain": {"epochs": 1, "anchor_weight": 1.0, "average_with_init": 0.5},
 }
 
 
@@ -158,6 +159,7 @@ def test_retrain_learns_from_feedback_with_lineage(project) -> None:
     assert len(member_nets(retrained)) == 2  # an ensemble champion retrains into an ensemble
     run = client.get_run(result["run_id"]).data
     assert run.params["finetune.epochs"] == "1" and run.params["finetune.anchor_weight"] == "1.0"  # retrain section
+    assert run.params["finetune.average_with_init"] == "0.5"
     # per-epoch learning curves of both members, anchored to the champion, although the run started after training
     for member in ("member0", "member1"):
         assert len(client.get_metric_history(result["run_id"], f"{member}-val/score")) == 1  # one epoch

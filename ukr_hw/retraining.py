@@ -200,7 +200,8 @@ def finetune_from_champion(
     the per-epoch metrics (``history``, for :func:`register`).
 
     The config's ``retrain`` keys replace its ``finetune`` keys when a champion exists: the retrain starts from the
-    champion's weights, so it runs a shorter, gentler schedule anchored to the champion (``finetune.anchor_weight``).
+    champion's weights, anchored to the champion (``finetune.anchor_weight``), and ends averaged with its weights
+    (``finetune.average_with_init``), so that it learns users' drawings and breaks few of the champion's answers.
     """
     from ukr_hw import tracking, training
     from ukr_hw.model.evaluate import evaluate

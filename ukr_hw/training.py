@@ -93,6 +93,9 @@ DEFAULTS: dict[str, Any] = {
         #: retraining from the champion (the retrain section), not for the first fine-tune from the MNIST body
         "anchor_weight": 0.0,
         "anchor_temperature": 2.0,
+        #: a > 0: the weights end as (1 - a) × the fine-tuned ones + a × those it started from (WiSE-FT); meant, like
+        #: the anchor, for retraining from the champion; needs a model to start from
+        "average_with_init": 0.0,
     },
     "augment": {},  #: fine-tune augmentation, see ukr_hw.model.augment.AugmentConfig (defaults when empty)
     #: finetune keys that replace those above when retraining starts from the champion's weights (ukr-hw retrain)
@@ -483,14 +486,20 @@ def _finetune_one(
     if f.get("dropout") is not None:
         net_cfg["dropout"] = float(f["dropout"])
     anchored = float(f.get("anchor_weight") or 0) > 0
-    if anchored and init is None:
-        raise ConfigError("finetune.anchor_weight > 0 needs a model to start from (init); set it to 0")
+    keep = float(f.get("average_with_init") or 0)
+    if not 0 <= keep < 1:
+        raise ConfigError(f"finetune.average_with_init must be in [0, 1), got {keep}")
+    if (anchored or keep) and init is None:
+        raise ConfigError(
+            "finetune.anchor_weight and finetune.average_with_init need a model to start from (init); set them to 0"
+        )
     net = UkrHwNet(NetConfig.from_dict(net_cfg))
-    teacher = None
+    teacher, start = None, None
     if init is not None:
         net.load_state_dict(init.state_dict())
         net.forget()  # a champion's memory belongs to its weights: validation judges the network alone
         teacher = copy.deepcopy(net) if anchored else None
+        start = copy.deepcopy(net.state_dict()) if keep else None
     dm = finetune_datamodule(config, settings, extra)
     lit = LitUkrHw(net, optim=_optim(f), augment=config.get("augment") or {}, teacher=teacher)
     best = BestWeights("val/score", "max")
@@ -499,6 +508,8 @@ def _finetune_one(
         cbs.append(EarlyStopping("val/score", mode="max", patience=int(f["patience"])))
     trainer = make_trainer(config, f["epochs"], callbacks=cbs, logger=logger)
     trainer.fit(lit, datamodule=dm)
+    if start is not None:
+        average_weights(lit.net, start, keep)
     return (
         lit.net.eval(),
         {
@@ -508,6 +519,19 @@ def _finetune_one(
         },
         dm,
     )
+
+
+def average_weights(net: torch.nn.Module, start: Mapping[str, torch.Tensor], keep: float) -> None:
+    """In place: every floating-point parameter and buffer becomes ``(1 - keep) × its value + keep × start[name]``.
+
+    Weight-space ensembling of a fine-tune with the model it started from (WiSE-FT, Wortsman et al. 2022): the
+    two lie in one basin, so the average keeps most of what each knows. Integer buffers (batch counts) stay.
+    """
+    with torch.no_grad():
+        for name, value in net.state_dict().items():
+            old = start.get(name)
+            if value.is_floating_point() and old is not None and old.shape == value.shape:
+                value.mul_(1 - keep).add_(old.to(value.device, value.dtype), alpha=keep)
 
 
 def save_reports(report: EvalReport, settings: Settings | None = None) -> dict[str, Path]:
