@@ -227,3 +227,21 @@ def test_bad_record_reasons() -> None:
     roles = [role_of(f"id-{i}", 0.2) for i in range(2000)]
     assert roles == [role_of(f"id-{i}", 0.2) for i in range(2000)]
     assert 0.15 < roles.count("user_test") / 2000 < 0.25
+
+
+def test_serve_keeps_an_admin_token_that_retrain_and_promote_find(tmp_path) -> None:
+    """On a fresh machine no admin token is configured: `ukr-hw serve` generates one into an owner-only file and
+    hands it to the API; `ukr-hw retrain` / `promote` read the same file, so the API reloads at once. A configured
+    token wins over the file."""
+    from ukr_hw.settings import Settings
+
+    kept = Path("state/admin-token")
+    fresh = Settings(root=tmp_path, admin_token=None, admin_token_file=kept)
+    assert fresh.resolved_admin_token() is None
+    token = fresh.ensure_admin_token()
+    path = tmp_path / kept
+    assert len(token) >= 32 and path.read_text().strip() == token and path.stat().st_mode & 0o777 == 0o600
+    assert fresh.ensure_admin_token() == token  # kept, not regenerated
+    assert Settings(root=tmp_path, admin_token=None, admin_token_file=kept).resolved_admin_token() == token
+    configured = Settings(root=tmp_path, admin_token="configured", admin_token_file=kept)
+    assert configured.resolved_admin_token() == configured.ensure_admin_token() == "configured"

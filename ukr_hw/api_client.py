@@ -134,14 +134,13 @@ class ApiClient:
     def reload(self, token: str | None = None) -> dict:
         """Ask the API to load the registry's current champion now (``POST /admin/reload``, Bearer ``token``).
 
-        ``token`` defaults to ``settings.admin_token``. Returns ``{"model_version", "previous_version",
-        "changed"}``.
+        ``token`` defaults to ``settings.resolved_admin_token()`` (``UKR_HW_ADMIN_TOKEN``, else the one ``ukr-hw
+        serve`` keeps in ``settings.admin_token_file``). Returns ``{"model_version", "previous_version", "changed"}``.
         """
         if token is None:
             from ukr_hw.settings import get_settings
 
-            secret = get_settings().admin_token
-            token = secret.get_secret_value() if secret else None
+            token = get_settings().resolved_admin_token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return self._request("POST", "/admin/reload", headers=headers, json={}).json()
 

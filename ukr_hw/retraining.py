@@ -329,7 +329,7 @@ def notify_api(settings: Settings | None = None) -> dict[str, Any]:
     from ukr_hw.api_client import ApiClient
 
     s = settings or get_settings()
-    token = s.admin_token.get_secret_value() if s.admin_token else None
+    token = s.resolved_admin_token()
     try:
         with ApiClient(s.api_url) as client:
             answer = client.reload(token)

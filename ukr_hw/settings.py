@@ -10,6 +10,7 @@ Relative paths are resolved against ``root`` (the repo root by default: the curr
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -126,6 +127,11 @@ class Settings(BaseSettings):
     api_port: int = 3000
     api_url: str = "http://127.0.0.1:3000"
     admin_token: SecretStr | None = Field(default=None, description="Bearer token for POST /admin/reload.")
+    admin_token_file: Path = Field(
+        Path(".ukr-hw/admin-token"),
+        description="Without UKR_HW_ADMIN_TOKEN, `ukr-hw serve` keeps a generated token here (mode 0600), so that "
+        "`ukr-hw retrain` and `ukr-hw promote` on this machine can ask the API to reload.",
+    )
     max_upload_bytes: int = 5 * 1024 * 1024
     max_image_side: int = 4096
     max_batch_images: int = 64
@@ -183,6 +189,30 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v in ("", None) else v
+
+    def resolved_admin_token(self) -> str | None:
+        """The admin token: ``admin_token`` when set, else the one ``ukr-hw serve`` keeps in ``admin_token_file``."""
+        if self.admin_token:
+            return self.admin_token.get_secret_value()
+        try:
+            return self.path(self.admin_token_file).read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
+
+    def ensure_admin_token(self) -> str:
+        """:meth:`resolved_admin_token`, generating and keeping a random one (owner-only file) if there is none."""
+        import secrets
+
+        token = self.resolved_admin_token()
+        if token:
+            return token
+        path = self.path(self.admin_token_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(token + "\n")
+        return token
 
     def path(self, p: Path | str) -> Path:
         """Resolve ``p`` against ``root`` unless it is absolute."""

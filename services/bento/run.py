@@ -71,7 +71,8 @@ def serve(port: int | None = None, host: str | None = None) -> int:
     except NoChampionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    env = {**os.environ, "UKR_HW_BENTO_MODEL": tag}
+    # a reload token even on a fresh machine: `ukr-hw retrain` / `promote` read it from settings.admin_token_file
+    env = {**os.environ, "UKR_HW_BENTO_MODEL": tag, "UKR_HW_ADMIN_TOKEN": s.ensure_admin_token()}
     cmd = command(port or s.api_port, host or s.api_host)
     print(f"serving {tag} on http://{host or s.api_host}:{port or s.api_port} ({' '.join(cmd[2:])})", flush=True)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env)
