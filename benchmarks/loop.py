@@ -124,7 +124,11 @@ def main() -> int:
         answers = ", ".join(f"v{v}" for v in sorted(served_after))
         print(f"  submit → new champion served   {t_served - t0:8.1f} s  (v{old} → v{new}, API answers {answers})")
     else:
+        latest = next(iter(tracking.list_versions(s)), None)  # newest first
         print(f"  champion unchanged (v{old}): the new version did not pass the promotion gate")
+        if latest is not None and str(latest["version"]) != str(old):
+            print(f"    v{latest['version']}: {latest.get('promotion')}")
+            print(f"    to serve it anyway: ukr-hw promote {latest['version']} --reason '<why>'")
     print(f"  «{shown}» accuracy (API)        {acc_before:8.3f} → {acc_after:.3f}")
     fb, fa = frozen_accuracy(old), frozen_accuracy(new)
     if fb is not None and fa is not None:
