@@ -463,17 +463,17 @@ def render_stroke_glyphs(
         extra = CURSIVE_FORMS.get(key, []) if form is None else []
         plan: list[tuple[str, Sequence[Sequence[Point]] | None]] = [(str(k), shape) for k in range(per_symbol)]
         plan += [(f"c{k}", extra[k % len(extra)]) for k in range(cursive if extra else 0)]
-        for n, (k, strokes) in enumerate(plan):
+        for n, (k, drawn) in enumerate(plan):
             rng = _rng(seed, "sample", symbol, case, k)  # seeds hash str(part): "3" draws as 3 did
             side = int(rng.choice(list(sizes)))
             theme = themes[n % len(themes)]
             args = (symbol, case == CASE_UPPER, (side, side), rng.uniform(*widths) * side, theme)
             writer = int(rng.integers(2**31))
             if medium == "sketchpad":
-                value: Any = sketchpad_value(*args, seed=writer, variation=variation, shape=strokes)
+                value: Any = sketchpad_value(*args, seed=writer, variation=variation, shape=drawn)
             else:
                 value = paper_photo(
-                    draw_canvas(*args, seed=writer, variation=variation, shape=strokes),
+                    draw_canvas(*args, seed=writer, variation=variation, shape=drawn),
                     rng,
                     squared=medium == "squared",
                 )
