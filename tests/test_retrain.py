@@ -176,6 +176,7 @@ def test_retrain_learns_from_feedback_with_lineage(project) -> None:
         assert result["api"]["reloaded"] is False and "warning" in result["api"]  # API down: a warning only
     else:
         assert champion == project["first"].version and mv.tags["promotion"].startswith("rejected")
+        assert ("on users' held-out drawings" in mv.tags["promotion"]) == bool(len(user)), mv.tags["promotion"]
     if len(user):
         assert "symbol_accuracy" in result["user_test_metrics"]
 
@@ -245,3 +246,25 @@ def test_serve_keeps_an_admin_token_that_retrain_and_promote_find(tmp_path) -> N
     assert Settings(root=tmp_path, admin_token=None, admin_token_file=kept).resolved_admin_token() == token
     configured = Settings(root=tmp_path, admin_token="configured", admin_token_file=kept)
     assert configured.resolved_admin_token() == configured.ensure_admin_token() == "configured"
+
+
+def test_a_rejected_retrain_says_how_it_reads_users_drawings() -> None:
+    """The gate's tag on a rejected version carries the operator's evidence: users' held-out drawings read by it and
+    by the champion, and the override command where it reads them better; nothing without such drawings."""
+    from types import SimpleNamespace
+
+    from ukr_hw.retraining import _users_hint
+
+    def report(acc: float) -> SimpleNamespace:
+        return SimpleNamespace(metrics={"symbol_accuracy": acc})
+
+    better = _users_hint("7", report(1.0), report(0.25))
+    assert better == (
+        "; on users' held-out drawings it reads 1.00 against the champion's 0.25: "
+        "`ukr-hw promote 7 --reason …` serves it anyway"
+    )
+    assert (
+        _users_hint("7", report(0.5), report(0.75))
+        == "; on users' held-out drawings it reads 0.50 against the champion's 0.75"
+    )
+    assert _users_hint("7", None, report(0.5)) == _users_hint("7", report(float("nan")), report(0.5)) == ""

@@ -302,6 +302,10 @@ def register(
         client = mlflow.MlflowClient(tracking_uri=s.resolved_tracking_uri(), registry_uri=s.resolved_tracking_uri())
         client.set_model_version_tag(s.model_name, reg.version, "feedback_samples", str(len(roles)))
         client.set_model_version_tag(s.model_name, reg.version, "retrain_run_id", run.info.run_id)
+        reason = reg.reason
+        if not reg.promoted and (hint := _users_hint(reg.version, user_report, trained.get("champion_user_report"))):
+            reason += hint  # the operator's evidence beside the gate's verdict (`ukr-hw models` shows it)
+            client.set_model_version_tag(s.model_name, reg.version, "promotion", reason)
     lineage.record_samples(
         [
             lineage.IngestedSample(
@@ -317,8 +321,22 @@ def register(
         s,
     )
     lineage.record_data_version(data_version, roles, s)
-    lineage.record_model_version(reg.version, data_version, reg.run_id, reg.promoted, reg.reason, s)
-    return {"model_version": reg.version, "run_id": reg.run_id, "promoted": reg.promoted, "reason": reg.reason}
+    lineage.record_model_version(reg.version, data_version, reg.run_id, reg.promoted, reason, s)
+    return {"model_version": reg.version, "run_id": reg.run_id, "promoted": reg.promoted, "reason": reason}
+
+
+def _users_hint(version: str, new: Any, champion: Any) -> str:
+    """For a rejected version: how it and the champion read users' held-out drawings, and, where it reads them
+    better, the command that serves it anyway. Empty without such drawings."""
+    if new is None or champion is None:
+        return ""
+    ours, theirs = new.metrics.get("symbol_accuracy"), champion.metrics.get("symbol_accuracy")
+    if ours is None or theirs is None or not (np.isfinite(ours) and np.isfinite(theirs)):
+        return ""
+    hint = f"; on users' held-out drawings it reads {ours:.2f} against the champion's {theirs:.2f}"
+    if ours > theirs:
+        hint += f": `ukr-hw promote {version} --reason …` serves it anyway"
+    return hint
 
 
 # --- 7. tell the API -------------------------------------------------------------------------------------------------
