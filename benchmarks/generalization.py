@@ -76,6 +76,7 @@ SETS = (
     "strokes-cursive",
     "paper-plain",
     "paper-squared",
+    "paper-cursive",
     "finetune-test",
 )
 
@@ -122,6 +123,18 @@ def build_sets(
                 medium=medium,
                 source="paper",
             )
+    if "paper-cursive" in only:  # the cursive forms written on paper and photographed: how most people write
+        sets["paper-cursive"] = strokes.render_stroke_glyphs(
+            settings,
+            per_symbol=0,
+            cursive=3 * per_symbol,
+            seed=seed + 6,
+            widths=(0.012, 0.035),
+            sizes=(480, 800, 1200),
+            variation=1.2,
+            medium="paper",
+            source="paper",
+        )
     test_path = settings.processed_dir / split.TEST_FILE
     if "finetune-test" in only and test_path.exists():
         sets["finetune-test"] = load_samples(test_path)
