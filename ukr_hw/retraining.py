@@ -296,16 +296,18 @@ def register(
             mlflow.log_artifact(str(manifest), "lineage")
         params = training.flat_params(trained["config"])
         params["init_champion_version"] = trained.get("champion_version") or "none"
+        champion_user = trained.get("champion_user_report")
         reg = tracking.log_model_and_register(
-            trained["net"], report=report, data_version=data_version, params=params, settings=s
+            trained["net"],
+            report=report,
+            data_version=data_version,
+            params=params,
+            settings=s,
+            rejection_note=lambda version: _users_hint(version, user_report, champion_user),
         )
         client = mlflow.MlflowClient(tracking_uri=s.resolved_tracking_uri(), registry_uri=s.resolved_tracking_uri())
         client.set_model_version_tag(s.model_name, reg.version, "feedback_samples", str(len(roles)))
         client.set_model_version_tag(s.model_name, reg.version, "retrain_run_id", run.info.run_id)
-        reason = reg.reason
-        if not reg.promoted and (hint := _users_hint(reg.version, user_report, trained.get("champion_user_report"))):
-            reason += hint  # the operator's evidence beside the gate's verdict (`ukr-hw models` shows it)
-            client.set_model_version_tag(s.model_name, reg.version, "promotion", reason)
     lineage.record_samples(
         [
             lineage.IngestedSample(
@@ -321,8 +323,8 @@ def register(
         s,
     )
     lineage.record_data_version(data_version, roles, s)
-    lineage.record_model_version(reg.version, data_version, reg.run_id, reg.promoted, reason, s)
-    return {"model_version": reg.version, "run_id": reg.run_id, "promoted": reg.promoted, "reason": reason}
+    lineage.record_model_version(reg.version, data_version, reg.run_id, reg.promoted, reg.reason, s)
+    return {"model_version": reg.version, "run_id": reg.run_id, "promoted": reg.promoted, "reason": reg.reason}
 
 
 def _users_hint(version: str, new: Any, champion: Any) -> str:

@@ -436,12 +436,14 @@ def log_model_and_register(
     params: Mapping[str, Any] | None = None,
     registered_name: str | None = None,
     settings: Settings | None = None,
+    rejection_note: Callable[[str], str] | None = None,
 ) -> Registration:
     """Log the model into the active run (one is started if none is), register it and apply the promotion rule.
 
     Logs ``params``, the report (via :func:`log_eval` unless ``test_*`` metrics are already in the run), the
     model, then registers it as ``registered_name`` (default ``settings.model_name``). The version's tags hold its
-    frozen-test metrics, the data version, the run id and ``promotion`` = ``"promoted: …"`` / ``"rejected: …"``.
+    frozen-test metrics, the data version, the run id and ``promotion`` = ``"promoted: …"`` / ``"rejected: …"``;
+    for a rejected version, ``rejection_note(version)`` is appended to the latter (the operator's evidence).
     """
     import mlflow
 
@@ -450,7 +452,13 @@ def log_model_and_register(
     if mlflow.active_run() is None:
         with start_run("register", data_version=data_version, settings=s):
             return log_model_and_register(
-                net, report=report, data_version=data_version, params=params, registered_name=name, settings=s
+                net,
+                report=report,
+                data_version=data_version,
+                params=params,
+                registered_name=name,
+                settings=s,
+                rejection_note=rejection_note,
             )
     client = _client(s)
     run = mlflow.active_run()
@@ -489,6 +497,8 @@ def log_model_and_register(
     if promote:
         client.set_registered_model_alias(name, s.champion_alias, version)
     reason = f"{'promoted' if promote else 'rejected'}: {why}"
+    if not promote and rejection_note is not None:
+        reason += rejection_note(version)
     client.set_model_version_tag(name, version, "promotion", reason)
     mlflow.set_tag("promotion", reason)
     mlflow.set_tag("model_version", version)
