@@ -2,7 +2,8 @@
 
 Thin: the search space, the pruning callback and the best-params file live in :mod:`ukr_hw.tuning`; training is
 :func:`ukr_hw.training.finetune` from the (cached) MNIST-pretrained body. Trials are scored on the validation
-slice carved from the training data, never on the frozen test split.
+slice carved from the training data, never on the frozen test split: with ``repeats: N`` in the tune config, the
+mean over N fine-tunes with seeds ``seed`` … ``seed + N - 1``, each with its own slice.
 """
 
 from __future__ import annotations
@@ -51,24 +52,32 @@ def tune(
         def objective(trial: optuna.Trial) -> float:
             params = tuning.suggest(trial, tune_cfg["space"])
             config = tuning.load_config_from(base, params)
-            config["finetune"]["members"] = 1  # a trial is one network: pruning follows one training curve
+            config["finetune"]["members"] = 1  # a trial is one network at a time: pruning follows one training curve
             tags = {"optuna_study": study_name, "optuna_trial": trial.number}
             with tracking.start_run(f"trial-{trial.number}", nested=True, tags=tags, settings=settings):
                 mlflow.log_params(params)
-                try:
-                    _, report = training.finetune(
-                        config,
-                        settings,
-                        init=init,
-                        callbacks=[tuning.OptunaPruning(trial, metric)],
-                        make_logger=tracking.logger_factory(settings),
-                    )
-                except optuna.TrialPruned:
-                    mlflow.set_tag("optuna_state", "PRUNED")
-                    raise
+                scores: list[float] = []
+                seeds = tuning.trial_seeds(base, tune_cfg)
+                make_logger = tracking.logger_factory(settings)
+                for seed in seeds:  # each seed trains on its own validation slice
+                    prefix = f"seed{seed}" if len(seeds) > 1 else ""  # several runs' curves apart: seed43-val/score
+                    try:
+                        _, report = training.finetune(
+                            {**config, "seed": seed},
+                            settings,
+                            init=init,
+                            # the first run's curve is what pruning compares across trials
+                            callbacks=[tuning.OptunaPruning(trial, metric)] if not scores else [],
+                            make_logger=lambda _member, prefix=prefix: make_logger(prefix),
+                        )
+                    except optuna.TrialPruned:
+                        mlflow.set_tag("optuna_state", "PRUNED")
+                        raise
+                    scores.append(float(report.metrics["val_score"]))
+                    mlflow.log_metric(f"val_score_seed{seed}", scores[-1])
                 mlflow.set_tag("optuna_state", "COMPLETE")
-                mlflow.log_metrics({"val_score": report.metrics["val_score"]})
-                return float(report.metrics["val_score"])
+                mlflow.log_metrics({"val_score": sum(scores) / len(scores)})
+                return sum(scores) / len(scores)
 
         optimize_task(study, objective, n_trials)
         states = [t.state.name for t in study.trials]

@@ -26,6 +26,7 @@ def test_tune_nested_runs_pruning_and_best_params(tiny_project, tmp_path):  # no
                 "base": str(REPO / "configs" / "tiny.yaml"),
                 "overrides": {"finetune.epochs": 4, "finetune.epoch_size": 512, "finetune.patience": 0},
                 "metric": "val/score",
+                "repeats": 2,  # each trial fine-tunes with seeds 0 and 1 and scores their mean
                 "sampler": {"seed": 0},
                 # one finished trial is enough to compare against; prune from the first epoch on
                 "pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
@@ -60,3 +61,24 @@ def test_tune_nested_runs_pruning_and_best_params(tiny_project, tmp_path):  # no
     assert len(children) == 3
     assert sorted(r.data.tags["optuna_state"] for r in children).count("PRUNED") >= 1
     assert all("finetune.lr" in r.data.params for r in children)
+    # a completed trial is the mean of its two fine-tunes, each logged, with its own curve
+    complete = [r for r in children if r.data.tags["optuna_state"] == "COMPLETE"]
+    assert complete
+    for run in complete:
+        m = run.data.metrics
+        assert abs(m["val_score"] - (m["val_score_seed0"] + m["val_score_seed1"]) / 2) < 1e-9
+        assert {"seed0-val/score", "seed1-val/score"} <= set(m)
+        trial = next(t for t in loaded.trials if t.number == int(run.data.tags["optuna_trial"]))
+        assert abs(trial.value - m["val_score"]) < 1e-9
+
+
+def test_trial_seeds_follow_the_config_seed_and_refuse_no_repeats():
+    import pytest
+
+    from ukr_hw.training import ConfigError
+    from ukr_hw.tuning import trial_seeds
+
+    assert trial_seeds({"seed": 42}, {}) == [42]
+    assert trial_seeds({"seed": 42}, {"repeats": 3}) == [42, 43, 44]
+    with pytest.raises(ConfigError, match="repeats"):
+        trial_seeds({"seed": 42}, {"repeats": 0})
