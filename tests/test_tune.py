@@ -36,6 +36,7 @@ def test_tune_nested_runs_pruning_and_best_params(tiny_project, tmp_path):  # no
         )
     )
     storage = f"sqlite:///{tiny_project / 'optuna.db'}"
+    tiny_lr = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())["finetune"]["lr"]
     # deterministic trials: a good learning rate, a hopeless one (must be pruned), a good one again
     study = create_study("tiny-study", storage, load_tune_config(cfg_path))
     for lr in (0.03, 1e-7, 0.02):
@@ -71,6 +72,12 @@ def test_tune_nested_runs_pruning_and_best_params(tiny_project, tmp_path):  # no
         trial = next(t for t in loaded.trials if t.number == int(run.data.tags["optuna_trial"]))
         assert abs(trial.value - m["val_score"]) < 1e-9
 
+    # a fresh study's first trial is the configured recipe, and the summary gives its score
+    fresh = tune(n_trials=1, study_name="tiny-fresh", config_path=cfg_path)
+    first = optuna.load_study(study_name="tiny-fresh", storage=storage).trials[0]
+    assert first.user_attrs["configured"] and first.params["finetune.lr"] == tiny_lr
+    assert fresh["configured_value"] == first.value == fresh["best_value"]
+
 
 def test_trial_seeds_follow_the_config_seed_and_refuse_no_repeats():
     import pytest
@@ -82,3 +89,21 @@ def test_trial_seeds_follow_the_config_seed_and_refuse_no_repeats():
     assert trial_seeds({"seed": 42}, {"repeats": 3}) == [42, 43, 44]
     with pytest.raises(ConfigError, match="repeats"):
         trial_seeds({"seed": 42}, {"repeats": 0})
+
+
+def test_configured_params_are_the_configs_values_inside_the_space():
+    from ukr_hw.tuning import configured_params
+
+    space = {
+        "finetune.lr": {"type": "float", "low": 0.001, "high": 0.01},
+        "finetune.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        "finetune.batch_size": {"type": "categorical", "choices": [32, 64]},
+        "finetune.epochs": {"type": "int", "low": 5, "high": 10},
+        "augment.shift": {"type": "float", "low": 0.02, "high": 0.14},
+    }
+    config = {
+        "finetune": {"lr": 0.003, "dropout": None, "batch_size": 64, "epochs": 20},
+        "augment": {"shift": 0.08},
+    }
+    # dropout unset and epochs outside the space: the first trial samples those
+    assert configured_params(config, space) == {"finetune.lr": 0.003, "finetune.batch_size": 64, "augment.shift": 0.08}

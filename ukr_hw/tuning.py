@@ -108,6 +108,27 @@ def trial_config(tune_cfg: Mapping[str, Any], params: Mapping[str, Any]) -> dict
     return load_config_from(base, params)
 
 
+def configured_params(config: Mapping[str, Any], space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The training config's own values of the search space's keys, where they lie inside their distributions.
+
+    A fresh study runs them first (``enqueue_trial``), so it shows the score its best trial has to beat. Keys the
+    config leaves unset (``None``) or sets outside the space are left out: that trial samples them.
+    """
+    params: dict[str, Any] = {}
+    for key, spec in space.items():
+        value: Any = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value is None:
+            continue
+        if spec.get("type", "float") == "categorical":
+            if value in list(spec["choices"]):
+                params[key] = value
+        elif float(spec["low"]) <= float(value) <= float(spec["high"]):
+            params[key] = int(value) if spec.get("type") == "int" else float(value)
+    return params
+
+
 def trial_seeds(config: Mapping[str, Any], tune_cfg: Mapping[str, Any]) -> list[int]:
     """The fine-tune seeds of one trial: ``seed``, ``seed + 1``, … (``repeats`` of them, 1 by default).
 
