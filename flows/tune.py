@@ -61,6 +61,7 @@ def tune(
                 scores: list[float] = []
                 seeds = tuning.trial_seeds(base, tune_cfg)
                 make_logger = tracking.logger_factory(settings)
+                prunable = not trial.user_attrs.get("configured")
                 for seed in seeds:  # each seed trains on its own validation slice
                     prefix = f"seed{seed}" if len(seeds) > 1 else ""  # several runs' curves apart: seed43-val/score
                     try:
@@ -68,8 +69,9 @@ def tune(
                             {**config, "seed": seed},
                             settings,
                             init=init,
-                            # the first run's curve is what pruning compares across trials
-                            callbacks=[tuning.OptunaPruning(trial, metric)] if not scores else [],
+                            # the first run's curve is what pruning compares across trials; the configured
+                            # recipe is the reference and runs to the end
+                            callbacks=[tuning.OptunaPruning(trial, metric)] if not scores and prunable else [],
                             make_logger=lambda _member, prefix=prefix: make_logger(prefix),
                         )
                     except optuna.TrialPruned:
@@ -89,7 +91,7 @@ def tune(
             "complete": states.count("COMPLETE"),
             "pruned": states.count("PRUNED"),
         }
-        configured = [t for t in study.trials if t.user_attrs.get("configured") and t.value is not None]
+        configured = [t for t in study.trials if t.user_attrs.get("configured") and t.state.name == "COMPLETE"]
         if configured:
             summary["configured_value"] = configured[0].value
         if summary["complete"]:

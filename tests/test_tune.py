@@ -76,6 +76,7 @@ def test_tune_nested_runs_pruning_and_best_params(tiny_project, tmp_path):  # no
     fresh = tune(n_trials=1, study_name="tiny-fresh", config_path=cfg_path)
     first = optuna.load_study(study_name="tiny-fresh", storage=storage).trials[0]
     assert first.user_attrs["configured"] and first.params["finetune.lr"] == tiny_lr
+    assert first.state == optuna.trial.TrialState.COMPLETE  # the reference is never pruned
     assert fresh["configured_value"] == first.value == fresh["best_value"]
 
 
