@@ -44,6 +44,7 @@ def tune(
     tune_cfg = tuning.load_tune_config(config_path)
     base = tuning.trial_config(tune_cfg, {})
     metric = tune_cfg.get("metric", "val/score")
+    seeds = tuning.trial_seeds(base, tune_cfg)  # checked before the pretraining, not at the first trial
     study = tuning.create_study(study_name, settings.resolved_optuna_storage(), tune_cfg)
     if not study.trials:  # a fresh study first scores the configured recipe: the figure the best trial must beat
         study.enqueue_trial(tuning.configured_params(base, tune_cfg["space"]), user_attrs={"configured": True})
@@ -59,7 +60,6 @@ def tune(
             with tracking.start_run(f"trial-{trial.number}", nested=True, tags=tags, settings=settings):
                 mlflow.log_params(params)
                 scores: list[float] = []
-                seeds = tuning.trial_seeds(base, tune_cfg)
                 make_logger = tracking.logger_factory(settings)
                 prunable = not trial.user_attrs.get("configured")
                 for seed in seeds:  # each seed trains on its own validation slice
