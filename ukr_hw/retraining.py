@@ -200,8 +200,9 @@ def finetune_from_champion(
     the per-epoch metrics (``history``, for :func:`register`).
 
     The config's ``retrain`` keys replace its ``finetune`` keys when a champion exists: the retrain starts from the
-    champion's weights, anchored to the champion (``finetune.anchor_weight``), and ends averaged with its weights
-    (``finetune.average_with_init``), so that it learns users' drawings and breaks few of the champion's answers.
+    champion's weights, anchored to the champion (``finetune.anchor_weight``), so that it learns users' drawings and
+    breaks few of the champion's answers; with ``finetune.average_with_init`` set (off by default: measured, not
+    adopted) it also ends averaged with the champion's weights.
     """
     from ukr_hw import tracking, training
     from ukr_hw.model.evaluate import evaluate

@@ -31,7 +31,7 @@ import optuna
 import yaml
 
 from ukr_hw.model.lit import monitored_value
-from ukr_hw.training import ConfigError, _read_yaml, apply_overrides, load_config
+from ukr_hw.training import ConfigError, _read_yaml, apply_overrides, flat_params, load_config
 
 
 class OptunaPruning(L.Callback):
@@ -114,11 +114,10 @@ def configured_params(config: Mapping[str, Any], space: Mapping[str, Mapping[str
     A fresh study runs them first (``enqueue_trial``), so it shows the score its best trial has to beat. Keys the
     config leaves unset (``None``) or sets outside the space are left out: that trial samples them.
     """
+    values = flat_params(config)  # the config's dotted keys, as the space names them
     params: dict[str, Any] = {}
     for key, spec in space.items():
-        value: Any = config
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
+        value = values.get(key)
         if value is None:
             continue
         if spec.get("type", "float") == "categorical":
