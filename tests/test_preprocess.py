@@ -145,6 +145,36 @@ def test_ink_box_size_is_kept_for_case(scan):
     assert _corr_up_to_shift(big_g.pixels, small_g.pixels) > 0.85
 
 
+@pytest.mark.parametrize("where", ["right", "left", "bottom"])
+def test_a_ruled_line_beside_the_symbol_is_dropped(scan, where):
+    """A form's cell border or a page's margin line across the canvas, beside the symbol, is not part of it
+    (three Rukopys scans carry one: k-40, l-40, o-39)."""
+    ref = preprocess(Image.fromarray(scan.astype(np.uint8)))
+    page = scan.copy()
+    if where == "right":
+        page[1:199, 186:192] = 0
+    elif where == "left":
+        page[0:200, 4:9] = 0
+    else:
+        page[190:194, 2:198] = 0
+    g = preprocess(Image.fromarray(page.astype(np.uint8)))
+    assert np.array_equal(g.pixels, ref.pixels)
+    assert (g.ink_height, g.ink_width) == (ref.ink_height, ref.ink_width)
+
+
+@pytest.mark.parametrize("x", [20, 100])
+def test_a_symbol_spanning_the_canvas_is_not_a_ruled_line(x):
+    """A «1» or «І» drawn from edge to edge is the symbol, wherever it stands, and so is the stem of an «і» whose
+    dot is the rest of the ink."""
+    page = np.full((200, 200), 255, np.uint8)
+    page[2:198, x : x + 8] = 0
+    alone = preprocess(page)
+    assert alone.ink_height > 0.95 and alone.pixels.sum() > 20
+    page[4:14, x - 20 : x - 10] = 0  # a dot beside it: far less ink than the stem
+    with_dot = preprocess(page)
+    assert with_dot.ink_height > 0.95 and with_dot.ink_width == pytest.approx(0.14)  # stem and dot both kept
+
+
 @pytest.mark.parametrize(
     "blank",
     [

@@ -13,7 +13,8 @@ given as a path, bytes, a PIL image, a numpy array or that dict. The steps:
 
 1. **ink map** in [0, 1]: alpha for strokes on a transparent canvas, otherwise the contrast against a *local*
    background estimate (handles both polarities and uneven lighting);
-2. **clean**: contrast-normalise, drop faint noise and tiny specks (but keep the dots of ї/й);
+2. **clean**: contrast-normalise, drop faint noise, tiny specks (but keep the dots of ї/й) and ruled lines beside the
+   symbol (a form's cell border, a page's margin line);
 3. **crop** to the ink and remember the ink box's size relative to the canvas (a real signal for case);
 4. **stroke width**: thicken thin pens / thin thick brushes towards one width relative to the glyph size;
 5. **fit** into 20×20 keeping the aspect ratio and **centre by centre of mass** in 28×28 (MNIST style).
@@ -33,7 +34,7 @@ from scipy import ndimage
 
 #: Bumped whenever the pixels or the features this module makes change. Logged models record the version they were
 #: trained on (``config.json``), and loading one made for another version warns: its inputs would be skewed.
-VERSION = 1
+VERSION = 2
 SIZE = 28  #: side of the model input
 BOX = 20  #: the ink is fitted into a BOX×BOX square, as in MNIST
 WORK_SIDE = 512  #: larger inputs are shrunk to this before analysis (speed; ratios are kept)
@@ -41,6 +42,9 @@ STROKE_SIDE = 80  #: the crop is resampled to this longest side for stroke-width
 TARGET_STROKE = 0.11  #: stroke width as a fraction of the glyph's longest side (MNIST's typical value)
 MIN_CONTRAST = 0.12  #: below this the image counts as blank
 SPECK_FRACTION = 0.004  #: ink components lighter than this share of all ink are dropped as specks
+#: A ruled line is a straight ink component at least RULE_SPAN of the canvas long, at most RULE_WIDTH of it wide, whose
+#: centre lies in the outer RULE_BAND of the canvas across it, next to a symbol holding at least RULE_REST of the ink.
+RULE_SPAN, RULE_WIDTH, RULE_BAND, RULE_REST = 0.9, 0.07, 0.3, 0.3
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray | Mapping[str, Any]
 
@@ -223,10 +227,32 @@ def _clean(ink: np.ndarray) -> np.ndarray:
         mass = ndimage.sum(ink, labels, index=np.arange(1, n + 1))
         keep = np.ones(n + 1, dtype=bool)  # label 0 = faint pixels outside any stroke: kept (anti-aliasing)
         keep[1:] = mass >= SPECK_FRACTION * mass.sum()
+        rules = _ruled_lines(labels, ink.shape)
+        if rules.any() and mass[~rules].sum() >= RULE_REST * mass.sum():
+            keep[1:] &= ~rules
         ink = ink * keep[labels]
     if not (ink > 0.2).any():
         raise EmptyImageError("no ink found in the image: draw or write a symbol first.")
     return ink.astype(np.float32)
+
+
+def _ruled_lines(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Which components (labels 1…n) are ruled lines: long, thin and off-centre, across the whole canvas.
+
+    Three Rukopys scans carry the border of the form's next cell as a bar beside the letter, and a photo of a page
+    can carry its margin line; either would be cropped with the symbol and squeeze it into a corner of the 28×28 input.
+    A stroke of the symbol is never that long: symbols stand inside the canvas, and one that spans it (a «1» or an
+    «І») holds most of the ink, so it is kept by the caller's RULE_REST check.
+    """
+    h, w = shape
+    out = []
+    for sl in ndimage.find_objects(labels):
+        rows, cols = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+        cy, cx = (sl[0].start + sl[0].stop) / 2 / h, (sl[1].start + sl[1].stop) / 2 / w
+        upright = rows >= RULE_SPAN * h and cols <= RULE_WIDTH * w and abs(cx - 0.5) >= 0.5 - RULE_BAND
+        lying = cols >= RULE_SPAN * w and rows <= RULE_WIDTH * h and abs(cy - 0.5) >= 0.5 - RULE_BAND
+        out.append(upright or lying)
+    return np.array(out, dtype=bool)
 
 
 def _resize(a: np.ndarray, scale: float) -> np.ndarray:
