@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         net, report = training.finetune(config, settings, init=body)
         nets.append(net)
         for n in names:
-            rows[n].append(score(*predict_samples(net, sets[n]), sets[n]))
+            probs, case_prob = predict_samples(net, sets[n])
+            rows[n].append(score(probs, case_prob, sets[n]))
+            if n == "finetune-test":  # which glyphs each network misreads, to find those that every recipe misreads
+                rows[n][-1]["misreads"] = _misreads(probs, case_prob, sets[n])
         line = "  ".join(f"{n} {rows[n][-1]['symbol_accuracy']:.3f}/{rows[n][-1]['case_accuracy']:.3f}" for n in names)
         print(f"seed {seed} ({time.perf_counter() - t:.0f} s, best epoch {report.metrics['best_epoch']:.0f}): {line}")
 
@@ -86,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             "letters_as_digits": l2d.tolist(),
             "digits_as_letters": d2l.tolist(),
         }
+        if n == "finetune-test":
+            result[n]["misreads"] = [r["misreads"] for r in rows[n]]
         sd = sym.std(ddof=1) if len(sym) > 1 else 0.0
         print(
             f"  {n:16} {sym.mean():.3f} / {case.mean():.3f}   letters→digits {l2d.mean():5.1%}"
