@@ -241,8 +241,8 @@ def _ruled_lines(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
     Three Rukopys scans carry the border of the form's next cell as a bar beside the letter, and a photo of a page
     can carry its margin line; either would be cropped with the symbol and squeeze it into a corner of the 28×28 input.
-    A stroke of the symbol is never that long: symbols stand inside the canvas, and one that spans it (a «1» or an
-    «І») holds most of the ink, so it is kept by the caller's RULE_REST check.
+    A symbol's own strokes seldom match: they stand inside the canvas, and a symbol that spans it edge to edge (a «1»
+    or an «І») holds most of the ink, so the caller's RULE_REST check keeps it.
     """
     h, w = shape
     out = []
