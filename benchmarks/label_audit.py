@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ukr_hw import training  # noqa: E402
-from ukr_hw.labels import SYMBOLS, display  # noqa: E402
+from ukr_hw.labels import SYMBOLS, display, is_digit  # noqa: E402
 from ukr_hw.model.evaluate import predict_samples  # noqa: E402
 from ukr_hw.settings import get_settings  # noqa: E402
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             held[gid] += 1
             glyphs[gid] = (val.x[i], _name(int(val.y[i]), int(val.case[i])))
             if p != val.y[i]:
-                reads[gid].append(_name(int(p), int(case_prob[i] >= 0.5) if p >= 10 else -1))
+                reads[gid].append(_name(int(p), -1 if is_digit(int(p)) else int(case_prob[i] >= 0.5)))
         wrong = sum(len(reads[g]) for g in held)
         print(
             f"fit {k + 1}/{args.fits} (seed {seed}, {time.perf_counter() - t:.0f} s): {len(val)} held out, "
