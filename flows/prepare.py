@@ -1,5 +1,5 @@
-"""The data-prep flow: ingest → (Rukopys clean → glyphs) ∥ (MNIST decode → preprocess) ∥ fonts ∥ sketchpad strokes
-→ split → version.
+"""The data-prep flow: ingest → (Rukopys clean → glyphs) ∥ (MNIST decode → preprocess) ∥ (CoMNIST → drawings)
+∥ fonts ∥ sketchpad strokes → split → version.
 
 Thin by design: every task is one call into :mod:`ukr_hw.data.steps`. The two data branches and the font
 rendering run concurrently. Warm runs are fast twice over: the expensive steps skip their work when their outputs
@@ -44,6 +44,11 @@ def ingest_mnist(settings: Settings) -> str:
     return steps.ingest_mnist(settings)
 
 
+@task(name="ingest-comnist", cache_policy=NO_CACHE)
+def ingest_comnist(settings: Settings) -> str | None:
+    return steps.ingest_comnist(settings)
+
+
 @task(name="clean-rukopys", cache_key_fn=_table_key, persist_result=True)
 def clean_rukopys(rukopys_dir: str) -> rukopys.CleanResult:
     return steps.clean_rukopys(rukopys_dir)
@@ -59,6 +64,11 @@ def mnist_prep(mnist_dir: str, settings: Settings) -> dict[str, Any]:
     return steps.prep_mnist(mnist_dir, settings)
 
 
+@task(name="comnist-prep", cache_policy=NO_CACHE)
+def comnist_prep(comnist_dir: str | None, settings: Settings) -> dict[str, Any]:
+    return steps.prep_comnist(comnist_dir, settings)
+
+
 @task(name="font-glyphs", cache_policy=NO_CACHE)
 def font_glyphs(settings: Settings) -> int:
     return steps.render_fonts(settings)
@@ -70,8 +80,10 @@ def stroke_glyphs(settings: Settings) -> int:
 
 
 @task(name="merge-split", cache_policy=NO_CACHE)
-def merge_split(rukopys_info: dict[str, Any], mnist_info: dict[str, Any], settings: Settings) -> dict[str, int]:
-    return steps.merge_and_split(rukopys_info, mnist_info, settings)
+def merge_split(
+    rukopys_info: dict[str, Any], mnist_info: dict[str, Any], comnist_info: dict[str, Any], settings: Settings
+) -> dict[str, int]:
+    return steps.merge_and_split(rukopys_info, mnist_info, settings, comnist_info)
 
 
 @task(name="preview", cache_policy=NO_CACHE)
@@ -96,13 +108,15 @@ def prepare(mnist_per_class: int | None = None, push: bool = True) -> dict[str, 
     settings = get_settings(**overrides)
     ruk_dir = ingest_rukopys.submit(settings)
     mnist_dir = ingest_mnist.submit(settings)
+    comnist_dir = ingest_comnist.submit(settings)
     fonts = font_glyphs.submit(settings)
     drawings = stroke_glyphs.submit(settings)
     ruk = glyph_prep.submit(clean_rukopys.submit(ruk_dir), settings)
     digits = mnist_prep.submit(mnist_dir, settings)
+    drawings_comnist = comnist_prep.submit(comnist_dir, settings)
     # .result() re-raises a failed branch's own error (a clear message), not a vague "upstream not ready"
-    ruk_info, mnist_info = ruk.result(), digits.result()
-    sizes = merge_split(ruk_info, mnist_info, settings)
+    ruk_info, mnist_info, comnist_info = ruk.result(), digits.result(), drawings_comnist.result()
+    sizes = merge_split(ruk_info, mnist_info, comnist_info, settings)
     preview(settings)
     n_synthetic, n_strokes = fonts.result(), drawings.result()
     version = dvc_version(settings, push)
@@ -114,6 +128,9 @@ def prepare(mnist_per_class: int | None = None, push: bool = True) -> dict[str, 
         "mnist_test": mnist_info["mnist_test"],
         "synthetic": n_synthetic,
         "strokes": n_strokes,
+        "comnist": comnist_info["n"],
+        "comnist_sessions": comnist_info["sessions"],
+        "comnist_excluded": comnist_info["excluded"],  # Ё Ъ Ы Э: not Ukrainian letters
         "data_version": version,
     }
 

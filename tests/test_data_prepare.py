@@ -10,16 +10,19 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tests.fixtures.data import TEST_MNIST_LIMIT, run_prepare
+from tests.fixtures.data import TEST_COMNIST_SESSIONS, TEST_MNIST_LIMIT, run_prepare
 from ukr_hw import labels
 from ukr_hw.data.arrays import Samples, load_samples
+from ukr_hw.data.comnist import session_of
 from ukr_hw.data.split import append_to_train
 from ukr_hw.data.strokes import CURSIVE_FORMS
 
 
 def test_prepared_sizes_and_stratified_split(prepared_data):
     s = prepared_data.summary
-    assert s["train"] + s["test"] == 916 + 500
+    assert s["comnist"] == 572 and s["comnist_sessions"] == TEST_COMNIST_SESSIONS
+    assert s["comnist_excluded"] and set(s["comnist_excluded"]) <= set("ЁЪЫЭ")  # not Ukrainian: counted, left out
+    assert s["train"] + s["test"] == 916 + 500 + s["comnist"]
     assert 0.17 <= s["test"] / (s["train"] + s["test"]) <= 0.23
     assert s["mnist_train"] == TEST_MNIST_LIMIT and s["mnist_test"] == TEST_MNIST_LIMIT
     train = load_samples(prepared_data.processed / "finetune_train.npz")
@@ -27,15 +30,20 @@ def test_prepared_sizes_and_stratified_split(prepared_data):
     assert (len(train), len(test)) == (s["train"], s["test"])
     assert not set(train.id) & set(test.id)
     assert (test.source == "mnist").sum() == 100  # 10 of each digit's 50
-    # stratified: every (symbol, case) group with >1 sample has ~20% in test
+    # stratified: every (symbol, case) group with >1 sample has ~20% in test (CoMNIST: whole sessions, tested apart)
     pool = Samples.concat([train, test])
-    for key, n in Counter(zip(pool.y.tolist(), pool.case.tolist(), strict=True)).items():
-        n_test = sum(1 for k in zip(test.y.tolist(), test.case.tolist(), strict=True) if k == key)
+    scans = pool.subset(np.flatnonzero(pool.source != "comnist"))
+    scans_test = test.subset(np.flatnonzero(test.source != "comnist"))
+    for key, n in Counter(zip(scans.y.tolist(), scans.case.tolist(), strict=True)).items():
+        n_test = sum(1 for k in zip(scans_test.y.tolist(), scans_test.case.tolist(), strict=True) if k == key)
         assert abs(n_test - round(n * 0.2)) <= 1, (labels.symbol_of(key[0]), key[1], n, n_test)
     # all 43 classes, digits have no case, letters have one
     assert set(pool.y.tolist()) == set(range(labels.NUM_CLASSES))
     assert (pool.case[pool.y < 10] == labels.CASE_NONE).all()
     assert (pool.case[pool.y >= 10] != labels.CASE_NONE).all()
+    assert (pool.case[pool.source == "comnist"] == labels.CASE_UNKNOWN).all()  # never guessed
+    drawn_test = {session_of(i) for i in test.id if i.startswith("comnist/")}
+    assert drawn_test and not drawn_test & {session_of(i) for i in train.id if i.startswith("comnist/")}
     assert pool.x.dtype == np.uint8 and pool.x.shape[1:] == (28, 28)
     assert (pool.x.reshape(len(pool), -1).max(axis=1) > 200).all()  # every sample has ink
     # MNIST fine-tune digits never appear in the pretraining array
@@ -66,7 +74,9 @@ def test_outputs_manifest_preview_and_dvc(prepared_data):
     # the frozen test ids exist in both places
     ids = (d / "test_ids.txt").read_text().split()
     assert ids == (prepared_data.root / "configs" / "frozen_test_ids.txt").read_text().split()
-    assert ids == load_samples(d / "finetune_test.npz").id.tolist()
+    drawn = (d / "test_ids_comnist.txt").read_text().split()  # the CoMNIST sessions' part, frozen alike
+    assert drawn == (prepared_data.root / "configs" / "frozen_test_ids_comnist.txt").read_text().split()
+    assert ids + drawn == load_samples(d / "finetune_test.npz").id.tolist()
 
 
 def test_warm_rerun_is_fast_and_test_split_byte_identical(prepared_data):

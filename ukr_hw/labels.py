@@ -12,8 +12,10 @@ LETTERS: tuple[str, ...] = tuple("абвгґдеєжзиіїйклмнопрст
 SYMBOLS: tuple[str, ...] = DIGITS + LETTERS
 NUM_CLASSES = len(SYMBOLS)  # 43
 
-#: Integer case targets as stored in arrays: 1 = uppercase, 0 = lowercase, -1 = no case (digits).
-CASE_UPPER, CASE_LOWER, CASE_NONE = 1, 0, -1
+#: Integer case targets as stored in arrays: 1 = uppercase, 0 = lowercase, -1 = no case (digits), -2 = a letter
+#: whose case nobody labelled (CoMNIST): it trains and scores the symbol only. Case losses and metrics take
+#: ``case >= 0``; symbol metrics tell letters from digits by the symbol (``y >= len(DIGITS)``), never by the case.
+CASE_UPPER, CASE_LOWER, CASE_NONE, CASE_UNKNOWN = 1, 0, -1, -2
 
 #: Pairs that differ by a small mark or look alike across alphabets; reported separately in evaluation.
 LOOKALIKE_PAIRS: tuple[tuple[str, str], ...] = (

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
         "https://codeload.github.com/{repo}/tar.gz/{commit}", description="Rukopys tarball URL template."
     )
     mnist_base_url: str = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+    comnist_repo: str = "absoluteteam/ocr"
+    comnist_commit: str = "9de5014db80db53b42b8d2edb49db5c1dd446b7a"
+    comnist_archive_url: str = Field(
+        "https://codeload.github.com/{repo}/tar.gz/{commit}", description="CoMNIST (Cyrillic/) tarball URL template."
+    )
 
     # --- data preparation ---------------------------------------------------------------------------------
     mnist_per_class: int = Field(50, ge=0, description="MNIST digits per class joining the fine-tune set.")
@@ -81,6 +86,14 @@ class Settings(BaseSettings):
     prep_workers: int = Field(2, ge=1, description="Processes for glyph/MNIST preprocessing.")
     frozen_test_ids: Path = Field(
         Path("configs/frozen_test_ids.txt"), description="The frozen fine-tune test split (ids), kept in git."
+    )
+    comnist: bool = Field(True, description="Ingest CoMNIST (browser drawings by many writers) as a raw source.")
+    comnist_limit: int | None = Field(
+        None, ge=1, description="Take at most this many CoMNIST sessions (oldest first; fast tests)."
+    )
+    comnist_frozen_test_ids: Path = Field(
+        Path("configs/frozen_test_ids_comnist.txt"),
+        description="The CoMNIST part of the frozen test split: whole drawing sessions (ids), kept in git.",
     )
     font_dirs: list[Path] = [Path("/usr/share/fonts")]
     font_variants: int = Field(3, ge=1, description="Rendered variants per font × symbol × case.")
@@ -105,6 +118,9 @@ class Settings(BaseSettings):
     model_name: str = "ukr-hw"
     champion_alias: str = "champion"
     promotion_case_tolerance: float = Field(0.01, ge=0, description="Case accuracy may drop by at most this.")
+    promotion_population_tolerance: float = Field(
+        0.01, ge=0, description="One population's symbol accuracy may drop by at most this (the mean may not drop)."
+    )
 
     # --- training --------------------------------------------------------------------------------------------
     cache_dir: Path = Field(Path("data/cache"), description="Pretrained weights keyed by data + config hash.")
@@ -185,7 +201,7 @@ class Settings(BaseSettings):
     retrain_config: Path = Field(Path("configs/train.yaml"), description="Training config the retrain fine-tunes with.")
     retrain_min_samples: int = Field(1, ge=1, description="Fewer new valid samples than this: no retraining.")
 
-    @field_validator("data_mirror", "mnist_limit", mode="before")
+    @field_validator("data_mirror", "mnist_limit", "comnist_limit", mode="before")
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v in ("", None) else v

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 TRAIN_FILE = "finetune_train.npz"
 TEST_FILE = "finetune_test.npz"
 TEST_IDS_FILE = "test_ids.txt"
+COMNIST_TEST_IDS_FILE = "test_ids_comnist.txt"
 
 
 class SplitError(ValueError):
@@ -77,26 +78,60 @@ def persist_test_ids(ids: list[str], settings: Settings) -> None:
         log.info("froze the test split: %d ids in %s (commit this file)", len(ids), git_copy)
 
 
+def comnist_test_ids(pool: Samples, settings: Settings) -> list[str]:
+    """The CoMNIST part of the frozen test split: the git copy (``settings.comnist_frozen_test_ids``), else the
+    processed copy, else whole sessions drawn now (``test_fraction`` of the drawings) and frozen in both."""
+    from ukr_hw.data.comnist import pick_sessions, session_of
+
+    git_copy = settings.path(settings.comnist_frozen_test_ids)
+    for path in (git_copy, settings.processed_dir / COMNIST_TEST_IDS_FILE):
+        if path.exists() and (ids := _read_ids(path)):
+            break
+    else:
+        ids = [str(i) for i in pool.id if str(i).startswith("comnist/")]
+        sessions = pick_sessions(ids, settings.test_fraction, settings.seed)
+        ids = [i for i in ids if session_of(i) in sessions]
+        log.info("drew the CoMNIST test sessions: %d sessions, %d drawings", len(sessions), len(ids))
+    _write_ids(ids, settings.processed_dir / COMNIST_TEST_IDS_FILE)
+    if not git_copy.exists() and ids:
+        _write_ids(ids, git_copy)
+        log.info("froze the CoMNIST test sessions: %d ids in %s (commit this file)", len(ids), git_copy)
+    return ids
+
+
 def split(pool: Samples, settings: Settings) -> tuple[Samples, Samples]:
-    """Pool → (train, test). The test split is the frozen one when it exists, else drawn now and frozen."""
+    """Pool → (train, test). The test split is the frozen one when it exists, else drawn now and frozen: stratified
+    for Rukopys and MNIST, whole drawing sessions for CoMNIST (a session is never in both)."""
+    from ukr_hw.data.comnist import session_of
+
     if len(set(pool.id.tolist())) != len(pool):
         raise SplitError("the fine-tune pool has duplicate sample ids; each sample must have a unique id.")
+    is_comnist = pool.source == "comnist"
+    others = pool.subset(np.flatnonzero(~is_comnist))
     ids = frozen_test_ids(settings)
     if ids is None:
-        ids = stratified_test_ids(pool, settings.test_fraction, settings.seed)
-        log.info("drew a new stratified test split: %d of %d samples", len(ids), len(pool))
+        ids = stratified_test_ids(others, settings.test_fraction, settings.seed)
+        log.info("drew a new stratified test split: %d of %d samples", len(ids), len(others))
+    comnist_ids = comnist_test_ids(pool.subset(np.flatnonzero(is_comnist)), settings) if is_comnist.any() else []
     position = {sid: i for i, sid in enumerate(pool.id.tolist())}
-    missing = [i for i in ids if i not in position]
-    if missing:
-        raise SplitError(
-            f"{len(missing)} frozen test sample(s) are not in the data (e.g. {', '.join(missing[:5])}); the test "
-            f"split in {settings.path(settings.frozen_test_ids)} must never change: restore the raw data "
-            "(`dvc pull`, or the full data mirror) rather than editing the split."
-        )
+    for listed, where in ((ids, settings.frozen_test_ids), (comnist_ids, settings.comnist_frozen_test_ids)):
+        missing = [i for i in listed if i not in position]
+        if missing:
+            raise SplitError(
+                f"{len(missing)} frozen test sample(s) are not in the data (e.g. {', '.join(missing[:5])}); the test "
+                f"split in {settings.path(where)} must never change: restore the raw data "
+                "(`dvc pull`, or the full data mirror) rather than editing the split."
+            )
+    test_sessions, listed = {session_of(i) for i in comnist_ids}, set(comnist_ids)
+    strays = [str(i) for i in pool.id[is_comnist] if session_of(i) in test_sessions and i not in listed]
+    if strays:  # a new drawing of a test session (the data grew): the session stays whole, in test only
+        log.warning("%d CoMNIST drawings of frozen test sessions are not listed; kept out of training", len(strays))
+    ids = [*ids, *comnist_ids]
     test_idx = np.array([position[i] for i in ids], dtype=np.int64)
     train_mask = np.ones(len(pool), dtype=bool)
     train_mask[test_idx] = False
-    persist_test_ids(ids, settings)
+    train_mask[[position[i] for i in strays]] = False
+    persist_test_ids(ids[: len(ids) - len(comnist_ids)], settings)
     return _compact(pool.subset(np.flatnonzero(train_mask))), _compact(pool.subset(test_idx))
 
 
@@ -122,7 +157,7 @@ def append_to_train(new: Samples, settings: Settings) -> Samples:
     """
     out = settings.processed_dir
     train = load_samples(out / TRAIN_FILE)
-    test_ids = set(frozen_test_ids(settings) or load_samples(out / TEST_FILE).id.tolist())
+    test_ids = set(frozen_test_ids(settings) or []) | set(load_samples(out / TEST_FILE).id.tolist())
     known = set(train.id.tolist())
     keep: list[int] = []
     for i, sid in enumerate(new.id.tolist()):

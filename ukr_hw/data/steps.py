@@ -15,14 +15,15 @@ from typing import Any
 import numpy as np
 
 from ukr_hw import preprocess as preprocess_module
+from ukr_hw.data import comnist, mnist, rukopys, split, stamps, summary
 from ukr_hw.data import ingest as ingest_module
-from ukr_hw.data import mnist, rukopys, split, stamps, summary
 from ukr_hw.data.arrays import Samples, load_samples, save_samples
 from ukr_hw.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RUKOPYS_CACHE = "rukopys.npz"
+COMNIST_CACHE = "comnist.npz"
 DIGITS_CACHE = "mnist_digits.npz"
 MNIST_TRAIN = "mnist_train.npz"
 MNIST_TEST = "mnist_test.npz"
@@ -45,6 +46,39 @@ def ingest_mnist(settings: Settings) -> str:
     path, copied = ingest_module.ingest_mnist(settings)
     log.info("mnist: %d files copied into %s", copied, path)
     return str(path)
+
+
+def ingest_comnist(settings: Settings) -> str | None:
+    """CoMNIST's manifest files into ``raw_dir/comnist`` (None when ``settings.comnist`` is off)."""
+    if not settings.comnist:
+        return None
+    path, copied = comnist.ingest(settings)
+    log.info("comnist: %d files copied into %s", copied, path)
+    return str(path)
+
+
+def prep_comnist(comnist_dir: str | None, settings: Settings) -> dict[str, Any]:
+    """CoMNIST drawings → ``.cache/comnist.npz`` (case unknown, ids carry the drawing session)."""
+    out = cache_dir(settings) / COMNIST_CACHE
+    if comnist_dir is None:
+        save_samples(Samples.empty(), out)
+        return {"path": str(out), "n": 0, "sessions": 0, "excluded": {}, "bad": 0}
+    manifest = comnist.read_manifest()
+    key = stamps.digest(manifest, settings.comnist_limit, preprocess_module, comnist)
+    if stamps.is_fresh(cache_dir(settings), "comnist", key, [out]):
+        return stamps.read_stamp(cache_dir(settings), "comnist")["info"]
+    scanned = comnist.scan(Path(comnist_dir), manifest, settings.comnist_limit)
+    samples, bad = comnist.prep(scanned.drawings, settings.prep_workers)
+    save_samples(samples, out)
+    info = {
+        "path": str(out),
+        "n": len(samples),
+        "sessions": scanned.sessions,
+        "excluded": scanned.excluded,  # Ё Ъ Ы Э: not Ukrainian letters
+        "bad": len(bad),
+    }
+    stamps.write_stamp(cache_dir(settings), "comnist", key, info=info)
+    return info
 
 
 def clean_rukopys(rukopys_dir: str) -> rukopys.CleanResult:
@@ -187,10 +221,18 @@ def _font_files(settings: Settings) -> list[tuple[str, int]]:
     return sorted(found)
 
 
-def merge_and_split(rukopys_info: dict[str, Any], mnist_info: dict[str, Any], settings: Settings) -> dict[str, int]:
-    """Rukopys glyphs + fine-tune digits → ``finetune_train.npz`` / ``finetune_test.npz`` (frozen test split)."""
-    pool = Samples.concat([load_samples(Path(rukopys_info["path"])), load_samples(Path(mnist_info["path"]))])
-    train, test = split.split(pool, settings)
+def merge_and_split(
+    rukopys_info: dict[str, Any],
+    mnist_info: dict[str, Any],
+    settings: Settings,
+    comnist_info: dict[str, Any] | None = None,
+) -> dict[str, int]:
+    """Rukopys glyphs + fine-tune digits + CoMNIST drawings → ``finetune_train.npz`` / ``finetune_test.npz`` (the
+    frozen test split: stratified Rukopys and MNIST ids, whole CoMNIST sessions)."""
+    parts = [load_samples(Path(rukopys_info["path"])), load_samples(Path(mnist_info["path"]))]
+    if comnist_info and comnist_info.get("n"):
+        parts.append(load_samples(Path(comnist_info["path"])))
+    train, test = split.split(Samples.concat(parts), settings)
     split.save_split(train, test, settings)
     return {"train": len(train), "test": len(test)}
 

@@ -28,7 +28,12 @@ def counts(samples: Samples) -> dict[str, Any]:
         "per_source": dict(sorted(Counter(samples.source.tolist()).items())),
         "per_case": {
             name: int((samples.case == v).sum())
-            for name, v in (("upper", labels.CASE_UPPER), ("lower", labels.CASE_LOWER), ("none", labels.CASE_NONE))
+            for name, v in (
+                ("upper", labels.CASE_UPPER),
+                ("lower", labels.CASE_LOWER),
+                ("none", labels.CASE_NONE),
+                ("unknown", labels.CASE_UNKNOWN),
+            )
         },
         "per_class": dict(sorted(per_class.items())),
         "digest": samples.digest(),

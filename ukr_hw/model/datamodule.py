@@ -1,7 +1,8 @@
 """Lightning data modules over prepared :class:`~ukr_hw.data.arrays.Samples` (plain in-memory tensors).
 
-* :class:`GlyphDataModule` — fine-tuning: real handwriting (``finetune_train``) + font glyphs + sketchpad drawings
-  (+ feedback), a validation slice carved (stratified, seeded) from the *real* training samples only — never
+* :class:`GlyphDataModule` — fine-tuning: real handwriting (``finetune_train``: Rukopys, MNIST digits, CoMNIST) +
+  font glyphs + sketchpad drawings (+ feedback), a validation slice carved (seeded; whole drawing sessions for
+  CoMNIST, stratified for the rest) from the *real* training samples only — never
   from the frozen ``finetune_test`` split, which is kept for the final evaluation — and class-balanced sampling so
   the rare classes are seen as often as the common ones, tilted within each class towards real handwriting
   (``finetune.source_weights``).
@@ -40,7 +41,7 @@ def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samp
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
-    keys = samples.y.astype(np.int64) * 3 + (samples.case.astype(np.int64) + 1)
+    keys = samples.y.astype(np.int64) * 4 + (samples.case.astype(np.int64) + 2)
     val_idx: list[np.ndarray] = []
     for k in np.unique(keys):
         idx = np.flatnonzero(keys == k)
@@ -52,6 +53,24 @@ def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samp
     mask = np.ones(len(samples), dtype=bool)
     mask[val] = False
     return samples.subset(np.flatnonzero(mask)), samples.subset(val)
+
+
+def writer_disjoint_split(samples: Samples, fraction: float, seed: int) -> tuple[Samples, Samples]:
+    """Split off a validation slice: whole CoMNIST drawing sessions (about ``fraction`` of those drawings: a session,
+    one writer's sitting, is never on both sides) and a stratified ``fraction`` of every other source."""
+    from ukr_hw.data.comnist import pick_sessions, session_of
+
+    is_comnist = samples.source == "comnist"
+    rest_train, rest_val = stratified_split(samples.subset(np.flatnonzero(~is_comnist)), fraction, seed)
+    if not is_comnist.any():
+        return rest_train, rest_val
+    drawn = samples.subset(np.flatnonzero(is_comnist))
+    held = pick_sessions(drawn.id.tolist(), fraction, seed)
+    in_val = np.array([session_of(i) in held for i in drawn.id], dtype=bool)
+    return (
+        Samples.concat([rest_train, drawn.subset(np.flatnonzero(~in_val))]),
+        Samples.concat([rest_val, drawn.subset(np.flatnonzero(in_val))]),
+    )
 
 
 def balanced_weights(
@@ -157,7 +176,7 @@ class GlyphDataModule(SamplesDataModule):
     ) -> GlyphDataModule:
         processed_dir = Path(processed_dir)
         real = load_samples(processed_dir / TRAIN_FILE)
-        train, val = stratified_split(real, val_fraction, seed)
+        train, val = writer_disjoint_split(real, val_fraction, seed)
         parts = [train]
         extra_digits = None
         syn_path = processed_dir / SYNTHETIC
