@@ -12,7 +12,7 @@ from torch import nn
 
 from tests.tiny_data import make_samples, write_tiny_processed
 from ukr_hw.data.arrays import Samples
-from ukr_hw.labels import NUM_CLASSES, index_of
+from ukr_hw.labels import CASE_UNKNOWN, NUM_CLASSES, index_of
 from ukr_hw.model.augment import AugmentConfig, augment_batch, change_thickness
 from ukr_hw.model.datamodule import GlyphDataModule, SamplesDataModule, balanced_weights, stratified_split
 from ukr_hw.model.evaluate import evaluate, write_reports
@@ -444,6 +444,31 @@ def test_evaluate_counts_exact_predictions():
     assert m["symbol_accuracy"] == pytest.approx(np.mean(s.y == target))
     assert m["case_accuracy"] == pytest.approx(np.mean(s.case[s.case >= 0] == 0))
     assert m["letters_as_digits"] == 0.0
+
+
+def test_evaluate_reports_each_population_and_the_letters_only_reading():
+    """Per sample source: symbol accuracy, case accuracy only where the case is labelled (never for CoMNIST),
+    letters-only accuracy (digits excluded, as the ``letters`` mode reads); a CoMNIST letter counts as a letter."""
+    ruk = make_samples(2, seed=6)
+    drawn = make_samples(2, seed=7, classes=range(10, 43), source="comnist")
+    drawn.case[:] = CASE_UNKNOWN
+    s = Samples.concat([ruk, drawn])
+    target = index_of("з")
+
+    class ThreeOrZe(torch.nn.Module):  # «3» first, «з» a close second: right only when digits are excluded
+        def forward(self, x, ink):
+            logits = torch.full((len(x), NUM_CLASSES), -10.0)
+            logits[:, 3], logits[:, target] = 5.0, 4.0
+            return logits, torch.full((len(x),), 10.0)
+
+    m = evaluate(ThreeOrZe(), s).metrics
+    assert m["comnist_n"] == len(drawn) and m["rukopys_n"] == len(ruk)
+    assert m["comnist_symbol_accuracy"] == 0.0 and "comnist_case_accuracy" not in m
+    assert m["comnist_letters_only_accuracy"] == pytest.approx(np.mean(drawn.y == target))
+    assert m["comnist_letters_as_digits"] == 1.0 and m["letters_as_digits"] == 1.0
+    assert m["rukopys_case_accuracy"] == pytest.approx(np.mean(ruk.case[ruk.case >= 0] == 1))
+    assert m["case_accuracy"] == m["rukopys_case_accuracy"] and m["n_cased"] == (ruk.case >= 0).sum()
+    assert m["n_letters"] == (ruk.y >= 10).sum() + len(drawn)
 
 
 def test_config_merge_and_overrides(tmp_path):

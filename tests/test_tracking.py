@@ -100,8 +100,11 @@ def test_worse_model_is_registered_not_promoted_and_better_one_is(champion_model
         reg = tracking.log_model_and_register(worse, report=report, data_version="dv-worse", params={"untrained": 1})
     assert not reg.promoted
     assert tracking.champion_version() == before
-    tag = client.get_model_version(champion_model.model_name, reg.version).tags["promotion"]
+    registered = client.get_model_version(champion_model.model_name, reg.version)
+    tag = registered.tags["promotion"]
     assert tag.startswith("rejected: symbol_accuracy ") and f"{champ_metrics['symbol_accuracy']:.4f}" in tag
+    # every registered model names its data's sources and licences (CoMNIST: CC BY-SA 4.0, attribution)
+    assert "CoMNIST" in registered.description and "CC BY-SA 4.0" in registered.description
     assert tracking.get_version_metrics(reg.version)["symbol_accuracy"] == pytest.approx(
         report.metrics["symbol_accuracy"]
     )
@@ -192,3 +195,34 @@ def test_models_lists_versions_and_promote_by_hand_overrides_the_gate(champion_m
         assert tracking.champion_version() == reg.version  # refused: nothing moved
     finally:
         tracking.set_champion(before)
+
+
+def test_gate_weighs_each_population() -> None:
+    """Per population of writers: the mean symbol accuracy may not drop, no population may lose more than the
+    tolerance (so a big CoMNIST gain cannot hide a Rukopys loss), and each population's case is held as before."""
+    champ = {
+        "rukopys_n": 171.0,
+        "rukopys_symbol_accuracy": 0.90,
+        "rukopys_case_accuracy": 0.94,
+        "comnist_n": 1488.0,
+        "comnist_symbol_accuracy": 0.80,
+        "symbol_accuracy": 0.81,
+        "case_accuracy": 0.94,
+    }
+    better = {**champ, "comnist_symbol_accuracy": 0.92, "symbol_accuracy": 0.915}
+    ok, why = tracking.decide_promotion(better, champ, tolerance=0.01)
+    assert ok and why.startswith("symbol_accuracy 0.9100 >= champion 0.8500 (mean over populations;")
+    assert "comnist 0.9200 vs 0.8000" in why and "rukopys 0.9000 vs 0.9000 (case 0.9400 vs 0.9400)" in why
+    hides_a_loss = {**better, "rukopys_symbol_accuracy": 0.88}
+    ok, why = tracking.decide_promotion(hides_a_loss, champ, tolerance=0.01)
+    assert not ok and "rukopys symbol_accuracy 0.8800 < champion 0.9000 - tolerance 0.01" in why
+    case_loss = {**better, "rukopys_case_accuracy": 0.92}
+    ok, why = tracking.decide_promotion(case_loss, champ, tolerance=0.01)
+    assert not ok and "rukopys case_accuracy 0.9200 < champion 0.9400 - tolerance 0.01" in why
+    # a champion scored before CoMNIST joined the split: only the populations both were scored on count
+    old = {k: v for k, v in champ.items() if not k.startswith("comnist")}
+    ok, why = tracking.decide_promotion({**better, "comnist_symbol_accuracy": 0.1}, old, tolerance=0.01)
+    assert ok and "comnist" not in why
+    # no population metrics at all: the whole-split rule as before
+    ok, why = tracking.decide_promotion({"symbol_accuracy": 0.8}, {"symbol_accuracy": 0.9}, tolerance=0.01)
+    assert not ok and why == "symbol_accuracy 0.8000 < champion 0.9000"

@@ -3,10 +3,12 @@
 Embedded by default (a local SQLite file plus a local artifact folder); point ``UKR_HW_MLFLOW_TRACKING_URI`` at an
 ``http://`` MLflow server to use the stack (artifacts are then proxied by the server, clients need no S3
 credentials). Stages are not used: the served model is the version under the alias ``champion``, which moves
-only when a new version is at least as good on the frozen test split::
+only when a new version is at least as good on the frozen test split, judged per population of writers (the
+sample sources of the split: Rukopys scans, MNIST digits, CoMNIST sessions) that both models were scored on::
 
-    new.symbol_accuracy >= champion.symbol_accuracy  and
-    new.case_accuracy   >= champion.case_accuracy - settings.promotion_case_tolerance
+    mean over populations of new.symbol_accuracy >= the champion's mean            and
+    every population's new symbol_accuracy >= the champion's - promotion_population_tolerance  and
+    every population's new case_accuracy   >= the champion's - promotion_case_tolerance
 
 Every version carries the tag ``promotion`` saying what happened and why, with the numbers.
 """
@@ -304,16 +306,23 @@ def log_model(net: Any, name: str = MODEL_NAME_IN_RUN) -> Any:
         )
 
 
+def population_keys(metrics: Mapping[str, Any]) -> list[str]:
+    """The gate's metric keys of ``metrics``: METRIC_KEYS and, per population ``p`` (a ``p_n`` key),
+    ``p_n``, ``p_symbol_accuracy`` and ``p_case_accuracy``."""
+    names = [k[:-2] for k in metrics if k.endswith("_n") and f"{k[:-2]}_symbol_accuracy" in metrics]
+    keys = [k for k in METRIC_KEYS if k in metrics]
+    for p in sorted(names):
+        keys += [k for k in (f"{p}_n", f"{p}_symbol_accuracy", f"{p}_case_accuracy") if k in metrics]
+    return keys
+
+
 def _version_metrics(client: Any, version: Any) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key in METRIC_KEYS:
-        if f"test_{key}" in version.tags:
-            out[key] = float(version.tags[f"test_{key}"])
+    tagged = {k[len("test_") :]: v for k, v in version.tags.items() if k.startswith("test_")}
+    out = {k: float(tagged[k]) for k in population_keys(tagged)}
     if len(out) < len(METRIC_KEYS) and version.run_id:
         run_metrics = client.get_run(version.run_id).data.metrics
-        for key in METRIC_KEYS:
-            if key not in out and f"test_{key}" in run_metrics:
-                out[key] = float(run_metrics[f"test_{key}"])
+        logged = {k[len("test_") :]: v for k, v in run_metrics.items() if k.startswith("test_")}
+        out = {k: float(logged[k]) for k in population_keys(logged)} | out
     return out
 
 
@@ -401,15 +410,29 @@ def _fmt(x: float) -> str:
 
 
 def decide_promotion(
-    new: Mapping[str, float], champion: Mapping[str, float] | None, tolerance: float, n: int | None = None
+    new: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    tolerance: float,
+    n: int | None = None,
+    population_tolerance: float = 0.01,
 ) -> tuple[bool, str]:
     """The promotion rule; returns ``(promote, reason with the numbers)``.
 
+    Where both models carry per-population metrics (``<p>_symbol_accuracy``, ``<p>_n``), the rule compares the
+    mean symbol accuracy over the populations both were scored on, and no population may lose more than
+    ``population_tolerance`` symbol or ``tolerance`` case accuracy; else it compares the whole split as before.
     ``n`` (the frozen test's size) only adds the gap in glyphs to a symbol rejection, so whoever reads the tag
     sees when a model lost by one glyph: on 271 glyphs two seeds of one recipe differ by several.
     """
     if champion is None:
         return True, "first model: no champion yet"
+    shared = [
+        k[: -len("_symbol_accuracy")]
+        for k in population_keys(new)
+        if k.endswith("_symbol_accuracy") and k in champion and math.isfinite(champion[k]) and math.isfinite(new[k])
+    ]
+    if shared:
+        return _decide_by_population(new, champion, shared, tolerance, population_tolerance)
     ns, cs = new.get("symbol_accuracy", math.nan), champion.get("symbol_accuracy", math.nan)
     nc, cc = new.get("case_accuracy", math.nan), champion.get("case_accuracy", math.nan)
     if not math.isfinite(ns):
@@ -428,6 +451,91 @@ def decide_promotion(
     return True, f"symbol_accuracy {_fmt(ns)} >= champion {_fmt(cs)}{case}"
 
 
+def _decide_by_population(
+    new: Mapping[str, float],
+    champion: Mapping[str, float],
+    populations: list[str],
+    tolerance: float,
+    population_tolerance: float,
+) -> tuple[bool, str]:
+    sym = {p: (new[f"{p}_symbol_accuracy"], champion[f"{p}_symbol_accuracy"]) for p in populations}
+    mean_new = sum(a for a, _ in sym.values()) / len(sym)
+    mean_champ = sum(b for _, b in sym.values()) / len(sym)
+    problems = []
+    if mean_new < mean_champ:
+        problems.append(f"symbol_accuracy {_fmt(mean_new)} < champion {_fmt(mean_champ)}")
+    for p, (a, b) in sym.items():
+        if len(sym) > 1 and a < b - population_tolerance:
+            problems.append(f"{p} symbol_accuracy {_fmt(a)} < champion {_fmt(b)} - tolerance {population_tolerance:g}")
+        nc, cc = new.get(f"{p}_case_accuracy", math.nan), champion.get(f"{p}_case_accuracy", math.nan)
+        if math.isfinite(nc) and math.isfinite(cc) and nc < cc - tolerance:
+            problems.append(f"{p} case_accuracy {_fmt(nc)} < champion {_fmt(cc)} - tolerance {tolerance:g}")
+    detail = ", ".join(
+        f"{p} {_fmt(a)} vs {_fmt(b)}"
+        + (
+            f" (case {_fmt(new[f'{p}_case_accuracy'])} vs {_fmt(champion[f'{p}_case_accuracy'])})"
+            if f"{p}_case_accuracy" in new and f"{p}_case_accuracy" in champion
+            else ""
+        )
+        for p, (a, b) in sym.items()
+    )
+    if problems:
+        return False, "; ".join(problems) + f" (mean over populations; {detail})"
+    return True, f"symbol_accuracy {_fmt(mean_new)} >= champion {_fmt(mean_champ)} (mean over populations; {detail})"
+
+
+def _as_users(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Metrics of users' held-out drawings as the population ``users``."""
+    out = {"users_n": float(metrics.get("n", 0)), "users_symbol_accuracy": float(metrics["symbol_accuracy"])}
+    if math.isfinite(float(metrics.get("case_accuracy", math.nan))):
+        out["users_case_accuracy"] = float(metrics["case_accuracy"])
+    return out
+
+
+def _champion_metrics(client: Any, current: Any, report: EvalReportLike, settings: Settings) -> dict[str, float]:
+    """The champion scored on the very glyphs the new model was (``report.samples``), so that both are judged on
+    every population of today's split, CoMNIST's sessions included; its recorded metrics when it cannot be loaded."""
+    import logging
+
+    from ukr_hw.inference import load_net
+    from ukr_hw.model.evaluate import evaluate
+
+    recorded = _version_metrics(client, current)
+    samples = getattr(report, "samples", None)
+    if samples is None or not len(samples):
+        return recorded
+    try:
+        net, _ = load_net(f"models:/{current.name}/{current.version}", settings)
+        fresh = evaluate(net, samples).metrics
+    except Exception as exc:  # an unloadable champion is judged by what it recorded
+        logging.getLogger(__name__).warning(
+            "champion v%s not re-scored (%s); using its recorded metrics", current.version, exc
+        )
+        return recorded
+    return {k: float(fresh[k]) for k in population_keys(fresh)}
+
+
+def model_description(metrics: Mapping[str, float] | None = None) -> str:
+    """A registered version's description: what it does, the data it learnt from with their sources and licences
+    (CoMNIST's CC BY-SA 4.0 asks for attribution wherever a model trained on it is published), its frozen figures."""
+    from ukr_hw.data.comnist import ATTRIBUTION
+
+    lines = [
+        "Two-headed CNN for hand-drawn Ukrainian letters and digits (43 symbols + upper/lower case).",
+        "Trained on: Rukopys (Ukrainian handwritten letters, github.com/lynnporu/rukopys-dataset); MNIST digits "
+        f"(Y. LeCun, C. Cortes, C. J. C. Burges); {ATTRIBUTION}; glyphs rendered from free fonts; users' confirmed "
+        "drawings (ukr-hw feedback).",
+    ]
+    populations = [k[: -len("_n")] for k in population_keys(metrics or {}) if k.endswith("_n")]
+    if populations:
+        m = metrics or {}
+        lines.append(
+            "Frozen test split, symbol accuracy by population of unseen writers: "
+            + ", ".join(f"{p} {m[p + '_symbol_accuracy']:.3f} (n={int(m[p + '_n'])})" for p in populations)
+        )
+    return "\n".join(lines)
+
+
 def log_model_and_register(
     net: Any,
     *,
@@ -437,8 +545,12 @@ def log_model_and_register(
     registered_name: str | None = None,
     settings: Settings | None = None,
     rejection_note: Callable[[str], str] | None = None,
+    users: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
 ) -> Registration:
     """Log the model into the active run (one is started if none is), register it and apply the promotion rule.
+
+    ``users`` = (the new model's, the champion's) metrics on users' held-out drawings (a retrain has them): the
+    gate weighs them as one more population, ``users``.
 
     Logs ``params``, the report (via :func:`log_eval` unless ``test_*`` metrics are already in the run), the
     model, then registers it as ``registered_name`` (default ``settings.model_name``). The version's tags hold its
@@ -459,6 +571,7 @@ def log_model_and_register(
                 registered_name=name,
                 settings=s,
                 rejection_note=rejection_note,
+                users=users,
             )
     client = _client(s)
     run = mlflow.active_run()
@@ -474,11 +587,12 @@ def log_model_and_register(
     info = log_model(net)
     mv = mlflow.register_model(info.model_uri, name, tags={"run_id": run_id})
     version = str(mv.version)
-    new = {k: float(report.metrics[k]) for k in METRIC_KEYS if k in report.metrics}
+    new = {k: float(report.metrics[k]) for k in population_keys(report.metrics)}
     for k, v in new.items():
         client.set_model_version_tag(name, version, f"test_{k}", repr(v))
     if data_version:
         client.set_model_version_tag(name, version, "data_version", str(data_version))
+    client.update_model_version(name, version, description=model_description(report.metrics))
     commit = git_commit(s.root)
     if commit:
         client.set_model_version_tag(name, version, "git_commit", commit)
@@ -489,9 +603,11 @@ def log_model_and_register(
         current = client.get_model_version_by_alias(name, s.champion_alias)
     except MlflowException:
         current = None
-    champ = None if current is None else _version_metrics(client, current)
+    champ = None if current is None else _champion_metrics(client, current, report, s)
+    if users is not None and champ is not None:  # users' held-out drawings, both models scored on the same ones
+        new, champ = {**new, **_as_users(users[0])}, {**champ, **_as_users(users[1])}
     n = int(report.metrics.get("n", 0)) or None
-    promote, why = decide_promotion(new, champ, s.promotion_case_tolerance, n)
+    promote, why = decide_promotion(new, champ, s.promotion_case_tolerance, n, s.promotion_population_tolerance)
     if current is not None:
         why = f"{why} (champion was v{current.version})"
     if promote:

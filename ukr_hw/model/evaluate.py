@@ -2,8 +2,11 @@
 
 ``evaluate(net, samples)`` returns an :class:`EvalReport`:
 
-* ``metrics`` — ``symbol_accuracy``; ``case_accuracy`` over letters only; ``digit_accuracy``/``letter_accuracy``;
-  ``letters_as_digits`` (share of letters predicted as a digit: the classic failure when digits dominate);
+* ``metrics`` — ``symbol_accuracy``; ``case_accuracy`` over letters with a case label; ``digit_accuracy``/
+  ``letter_accuracy``; ``letters_only_accuracy`` (letters read with the digits excluded, as in the ``letters`` mode);
+  ``letters_as_digits`` (share of letters predicted as a digit: the classic failure when digits dominate); the same
+  per population of writers, keyed by sample source (``rukopys_symbol_accuracy``, ``comnist_letters_only_accuracy``,
+  ``feedback_case_accuracy``, ``<source>_n`` …);
   ``pair_<a>_<b>_accuracy`` for each look-alike pair of ``ukr_hw.labels.LOOKALIKE_PAIRS`` (accuracy over samples
   of either symbol) and ``pair_<a>_<b>_confusions`` (how many were taken for the other one); ``n``/``n_letters``.
 * ``per_class`` — a DataFrame: symbol, n, correct, accuracy, case_n, case_accuracy, top confusion.
@@ -23,7 +26,7 @@ import pandas as pd
 import torch
 
 from ukr_hw.data.arrays import Samples
-from ukr_hw.labels import LOOKALIKE_PAIRS, NUM_CLASSES, SYMBOLS, display, index_of
+from ukr_hw.labels import DIGITS, LOOKALIKE_PAIRS, NUM_CLASSES, SYMBOLS, display, index_of
 from ukr_hw.model.network import Network
 
 
@@ -73,9 +76,15 @@ class EvalReport:
     def summary(self) -> str:
         m = self.metrics
         pairs = ", ".join(f"{a}/{b} {m[_pair_key(a, b) + '_accuracy']:.3f}" for a, b in LOOKALIKE_PAIRS)
+        names = sorted(k[: -len("_n")] for k in m if k.endswith("_n") and f"{k[:-2]}_symbol_accuracy" in m)
+        populations = "  ".join(
+            f"{p} {m[p + '_symbol_accuracy']:.3f}" + (f"/{m[c]:.3f}" if (c := p + "_case_accuracy") in m else "")
+            for p in names
+        )
         return (
             f"symbol {m['symbol_accuracy']:.4f}  case {m['case_accuracy']:.4f}  letters→digits "
-            f"{m['letters_as_digits']:.4f}  (n={int(m['n'])})  pairs: {pairs}"
+            f"{m['letters_as_digits']:.4f}  (n={int(m['n'])})  by population (symbol/case): {populations}  "
+            f"pairs: {pairs}"
         )
 
 
@@ -88,13 +97,15 @@ def evaluate(net: Network, samples: Samples, batch_size: int = 1024) -> EvalRepo
     case_pred = (case_prob >= 0.5).astype(np.int8)
     y, case = samples.y, samples.case
     correct = pred == y
-    letters = case >= 0
+    letters = y >= len(DIGITS)  # by the symbol: a CoMNIST letter has no case label but is a letter
+    cased = case >= 0  # letters whose case is labelled: the only ones case metrics count
     case_ok = case_pred == case
+    letters_only = probs[:, len(DIGITS) :].argmax(1) + len(DIGITS) == y  # the reading restricted to letters
 
     conf = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     np.add.at(conf, (y, pred), 1)
     case_conf = np.zeros((2, 2), np.int64)
-    np.add.at(case_conf, (case[letters].astype(np.int64), case_pred[letters].astype(np.int64)), 1)
+    np.add.at(case_conf, (case[cased].astype(np.int64), case_pred[cased].astype(np.int64)), 1)
 
     def mean(a: np.ndarray) -> float:
         return float(a.mean()) if a.size else float("nan")
@@ -102,13 +113,24 @@ def evaluate(net: Network, samples: Samples, batch_size: int = 1024) -> EvalRepo
     metrics: dict[str, float] = {
         "n": float(len(y)),
         "n_letters": float(letters.sum()),
+        "n_cased": float(cased.sum()),
         "symbol_accuracy": mean(correct),
-        "case_accuracy": mean(case_ok[letters]),
+        "case_accuracy": mean(case_ok[cased]),
         "digit_accuracy": mean(correct[~letters]),
         "letter_accuracy": mean(correct[letters]),
-        "letters_as_digits": mean(pred[letters] < 10),
-        "symbol_and_case_accuracy": mean(np.where(letters, correct & case_ok, correct)),
+        "letters_only_accuracy": mean(letters_only[letters]),
+        "letters_as_digits": mean(pred[letters] < len(DIGITS)),
+        "symbol_and_case_accuracy": mean(np.where(cased, correct & case_ok, correct)),
     }
+    for population in sorted(set(samples.source.tolist())):  # each population of writers on its own
+        sel = samples.source == population
+        metrics[f"{population}_n"] = float(sel.sum())
+        metrics[f"{population}_symbol_accuracy"] = mean(correct[sel])
+        if (sel & cased).any():
+            metrics[f"{population}_case_accuracy"] = mean(case_ok[sel & cased])
+        if (sel & letters).any():
+            metrics[f"{population}_letters_only_accuracy"] = mean(letters_only[sel & letters])
+            metrics[f"{population}_letters_as_digits"] = mean(pred[sel & letters] < len(DIGITS))
     for a, b in LOOKALIKE_PAIRS:
         ia, ib = index_of(a), index_of(b)
         sel = (y == ia) | (y == ib)
@@ -128,8 +150,8 @@ def evaluate(net: Network, samples: Samples, batch_size: int = 1024) -> EvalRepo
                 "n": n,
                 "correct": int(correct[sel].sum()),
                 "accuracy": mean(correct[sel]),
-                "case_n": int((sel & letters).sum()),
-                "case_accuracy": mean(case_ok[sel & letters]),
+                "case_n": int((sel & cased).sum()),
+                "case_accuracy": mean(case_ok[sel & cased]),
                 "top_confusion": SYMBOLS[top] if off[top] > 0 else "",
                 "top_confusion_n": int(off[top]),
             }
@@ -187,8 +209,8 @@ def _error_grid(report: EvalReport, max_errors: int):
     from matplotlib.figure import Figure
 
     s = report.samples
-    letters = s.case >= 0
-    wrong = (report.pred != s.y) | (letters & (report.case_pred != s.case))
+    cased = s.case >= 0
+    wrong = (report.pred != s.y) | (cased & (report.case_pred != s.case))
     idx = np.flatnonzero(wrong)[:max_errors]
     cols = 8
     rows = max(1, int(np.ceil(len(idx) / cols)))
