@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -27,20 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ukr_hw import tracking
+from ukr_hw.data import split
+from ukr_hw.data.arrays import Samples, load_samples, save_samples
+from ukr_hw.model.case_threshold import raw_case
+from ukr_hw.model.evaluate import predict_samples
+from ukr_hw.model.heldout import build_sets, score
+from ukr_hw.model.network import Network, member_nets
+from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_from_champion
+from ukr_hw.settings import Settings, get_settings
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from generalization import build_sets, score  # noqa: E402
-
-from ukr_hw import tracking  # noqa: E402
-from ukr_hw.data import split  # noqa: E402
-from ukr_hw.data.arrays import Samples, load_samples, save_samples  # noqa: E402
-from ukr_hw.model.case_threshold import raw_case  # noqa: E402
-from ukr_hw.model.evaluate import predict_samples  # noqa: E402
-from ukr_hw.model.network import Network, member_nets  # noqa: E402
-from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_from_champion  # noqa: E402
-from ukr_hw.settings import Settings, get_settings  # noqa: E402
 
 DRAWN = ("strokes-light", "strokes-dark")
 

@@ -1,28 +1,20 @@
-"""Generalisation benchmark: how a model does on "other writers", and how often it calls letters digits.
+"""Generalisation benchmark: how a model reads people it never trained on, then the project's synthetic sets.
 
     .venv/bin/python benchmarks/generalization.py [--model-uri models:/ukr-hw@champion | runs:/<id>/model]
-        [--model-dir DIR] [--holdout-fonts STEM ...] [--per-symbol 2] [--seed 1000] [--json out.json]
+        [--model-dir DIR] [--holdout-fonts STEM ...] [--per-symbol 2] [--seed 1000] [--json out.json] [--no-mlflow]
 
-Builds held-out evaluation sets that no training set contains, and prints per set: symbol accuracy, case accuracy
-(letters only), the share of letters predicted as a digit (the failure mode of a model trained on one small
-dataset plus MNIST), the share of digits predicted as a letter, and the worst classes:
+**Real other writers first** (``ukr_hw.model.heldout.real_sets``): CoMNIST's held-out drawing sessions (browser
+drawings by writers whose sessions no training split holds), the Rukopys and MNIST parts of the frozen test split,
+and users' held-out drawings once a retrain has made them. Per set: symbol accuracy 43-way and letters-only (the
+``letters`` mode of the API and the sketchpad), case accuracy where the case is labelled, letters read as digits,
+each look-alike pair, the worst classes. Each set's confusion matrix, per-class table and a grid of its misread
+drawings are logged to MLflow (experiment ``settings.mlflow_experiment``, run ``generalization``) unless
+``--no-mlflow``.
 
-* ``fonts-heldout``   glyphs from fonts that are NOT in training (``--holdout-fonts``; default: the fonts in
-  ``UKR_HW_FONT_EXCLUDE`` if set, else installed italic/oblique text faces outside the training font list).
-  For a strict leave-fonts-out test, train with ``UKR_HW_FONT_EXCLUDE='["SteveHand","kiloji_d"]'`` and run this
-  with the same stems.
-* ``strokes-light``   sketchpad drawings (light theme, thin pens) by writer seeds never used in training;
-* ``strokes-dark``    sketchpad drawings (dark theme, thick brushes, stronger wobble), unseen seeds;
-* ``paper-plain``     drawings by unseen writers on tinted, unevenly lit paper, photographed (blur, JPEG);
-* ``paper-squared``   the same on a school notebook's squared paper (grid lines are not ink);
-* ``finetune-test``   the frozen Rukopys + MNIST test split, when prepared (for comparison).
-
-Fine-tuning also sees drawings from the same stroke generator (``strokes_train.npz``, writer seed
-``settings.seed``), so the two stroke sets measure unseen *writers* of that generator: a proxy for browser
-drawings that flatters the model, not a verdict on real people's handwriting.
-
-The model comes from the registry (``--model-uri``, default the champion) or an MLflow model folder
-(``--model-dir``), through ``ukr_hw.inference.Predictor``.
+**Synthetic sets follow, labelled as such** (``ukr_hw.model.heldout.build_sets``): glyphs of fonts no training set
+has, and this project's stroke generator by writer seeds never used in training (sketchpad light / dark, cursive
+forms, drawings photographed on plain and squared paper). Fine-tuning sees drawings of the same generator, so these
+flatter the model: a proxy for browser and paper drawings, not a verdict on people's handwriting.
 """
 
 from __future__ import annotations
@@ -33,138 +25,31 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from ukr_hw.data import fonts, split, strokes  # noqa: E402
-from ukr_hw.data.arrays import Samples, load_samples  # noqa: E402
-from ukr_hw.labels import CASE_NONE, NUM_CLASSES, SYMBOLS  # noqa: E402
-from ukr_hw.settings import Settings, get_settings  # noqa: E402
-
-#: Installed text faces outside the training font list, used as held-out "writers" by default.
-DEFAULT_HOLDOUT = (
-    "DejaVuSansCondensed-Oblique",
-    "DejaVuSerifCondensed-Italic",
-    "LiberationSansNarrow-Italic",
-    "GentiumBookPlus-Italic",
-    "NimbusSans-Italic",
-    "C059-Italic",
-    "P052-Italic",
-    "URWGothic-BookOblique",
-    "URWBookman-DemiItalic",
-    "PTF76F",
-    "FreeSerifItalic",
-    "FreeSansOblique",
-    "OpenSans-Italic",
-    "Roboto-RegularItalic",
-)
-N_DIGITS = 10
+from ukr_hw.labels import LOOKALIKE_PAIRS
+from ukr_hw.model.evaluate import EvalReport, evaluate, predict_samples
+from ukr_hw.model.heldout import build_sets, real_sets, score
+from ukr_hw.settings import get_settings
 
 
-def holdout_fonts(settings: Settings, stems: list[str] | None) -> list[Path]:
-    stems = stems or list(settings.font_exclude) or list(DEFAULT_HOLDOUT)
-    probe = settings.model_copy(update={"font_include": stems, "font_exclude": []})
-    return fonts.list_fonts(probe)
+def _real_line(name: str, r: EvalReport) -> str:
+    m = r.metrics
+    case = f"{m['case_accuracy']:>7.3f}" if m["n_cased"] else f"{'—':>7}"
+    worst = r.per_class[r.per_class.n > 0].sort_values("accuracy").head(5)
+    worst_text = " ".join(f"{s}:{a:.2f}" for s, a in zip(worst.symbol, worst.accuracy, strict=True))
+    return (
+        f"{name:16} {int(m['n']):>6} {m['symbol_accuracy']:>8.3f} {m['letters_only_accuracy']:>8.3f} {case} "
+        f"{m['letters_as_digits']:>8.3f}  {worst_text}"
+    )
 
 
-SETS = (
-    "fonts-heldout",
-    "strokes-light",
-    "strokes-dark",
-    "strokes-cursive",
-    "paper-plain",
-    "paper-squared",
-    "paper-cursive",
-    "finetune-test",
-)
-
-
-def build_sets(
-    settings: Settings, holdout: list[str] | None, per_symbol: int, seed: int, only: tuple[str, ...] = SETS
-) -> dict[str, Samples]:
-    """The held-out evaluation sets named in ``only`` (all of :data:`SETS` by default; deterministic for a seed)."""
-    sets: dict[str, Samples] = {}
-    held = holdout_fonts(settings, holdout) if "fonts-heldout" in only else []
-    if held:
-        print(f"held-out fonts: {', '.join(p.stem for p in held)}", file=sys.stderr)
-        sets["fonts-heldout"] = fonts.render_font_glyphs(settings, fonts=held, per_symbol=per_symbol, seed=seed)
-    elif "fonts-heldout" in only:
-        print("no held-out fonts installed: fonts-heldout skipped (see deploy/fonts.txt)", file=sys.stderr)
-    if "strokes-light" in only:
-        sets["strokes-light"] = strokes.render_stroke_glyphs(
-            settings, per_symbol=per_symbol, seed=seed + 1, themes=("light",), widths=(0.01, 0.025), sizes=(300, 500)
-        )
-    if "strokes-dark" in only:
-        sets["strokes-dark"] = strokes.render_stroke_glyphs(
-            settings,
-            per_symbol=per_symbol,
-            seed=seed + 2,
-            themes=("dark",),
-            widths=(0.06, 0.09),
-            sizes=(256, 640),
-            variation=1.5,
-        )
-    if "strokes-cursive" in only:  # the cursive forms (strokes.CURSIVE_FORMS) by unseen writers, both themes
-        sets["strokes-cursive"] = strokes.render_stroke_glyphs(
-            settings, per_symbol=0, cursive=3 * per_symbol, seed=seed + 5, widths=(0.015, 0.06), sizes=(300, 500)
-        )
-    for k, medium in enumerate(("paper", "squared")):
-        name = f"paper-{'plain' if medium == 'paper' else medium}"
-        if name in only:
-            sets[name] = strokes.render_stroke_glyphs(
-                settings,
-                per_symbol=per_symbol,
-                seed=seed + 3 + k,
-                widths=(0.012, 0.035),
-                sizes=(480, 800, 1200),
-                variation=1.2,
-                medium=medium,
-                source="paper",
-            )
-    if "paper-cursive" in only:  # the cursive forms written on paper and photographed: how most people write
-        sets["paper-cursive"] = strokes.render_stroke_glyphs(
-            settings,
-            per_symbol=0,
-            cursive=3 * per_symbol,
-            seed=seed + 6,
-            widths=(0.012, 0.035),
-            sizes=(480, 800, 1200),
-            variation=1.2,
-            medium="paper",
-            source="paper",
-        )
-    test_path = settings.processed_dir / split.TEST_FILE
-    if "finetune-test" in only and test_path.exists():
-        sets["finetune-test"] = load_samples(test_path)
-    return sets
-
-
-def score(probs: np.ndarray, case_prob: np.ndarray, samples: Samples, case_threshold: float = 0.5) -> dict[str, object]:
-    """Symbol and case accuracy, letters↔digits shares, worst classes and top confusions of one set's predictions;
-    a letter counts as uppercase at ``case_prob >= case_threshold``."""
-    pred = probs.argmax(1)
-    y, case = samples.y, samples.case
-    letters = y >= N_DIGITS
-    has_case = case != CASE_NONE
-    out: dict[str, object] = {
-        "n": len(y),
-        "symbol_accuracy": float((pred == y).mean()) if len(y) else float("nan"),
-        "case_accuracy": float(((case_prob[has_case] >= case_threshold).astype(int) == case[has_case]).mean())
-        if has_case.any()
-        else float("nan"),
-        "letters_as_digits": float((pred[letters] < N_DIGITS).mean()) if letters.any() else float("nan"),
-        "digits_as_letters": float((pred[~letters] >= N_DIGITS).mean()) if (~letters).any() else float("nan"),
-    }
-    per_class = [(SYMBOLS[c], float((pred[y == c] == c).mean())) for c in range(NUM_CLASSES) if (y == c).any()]
-    out["worst"] = sorted(per_class, key=lambda t: t[1])[:5]
-    confusions: dict[str, int] = {}
-    for t, p in zip(y[pred != y], pred[pred != y], strict=True):
-        key = f"{SYMBOLS[t]}→{SYMBOLS[p]}"
-        confusions[key] = confusions.get(key, 0) + 1
-    out["top_confusions"] = sorted(confusions.items(), key=lambda kv: -kv[1])[:5]
-    return out
+def _pairs_line(r: EvalReport) -> str:
+    m = r.metrics
+    cells = []
+    for a, b in LOOKALIKE_PAIRS:
+        acc = m[f"pair_{a}_{b}_accuracy"]
+        if acc == acc:  # NaN: neither symbol in this set
+            cells.append(f"{a}/{b} {acc:.2f} ({int(m[f'pair_{a}_{b}_confusions'])} mixed up)")
+    return "    look-alike pairs: " + (", ".join(cells) or "none in this set")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,39 +57,67 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-uri", default=None, help="MLflow model URI (default: the champion)")
     ap.add_argument("--model-dir", default=None, help="a local MLflow model folder instead of a URI")
     ap.add_argument("--holdout-fonts", nargs="*", default=None, help="font file stems held out of training")
-    ap.add_argument("--per-symbol", type=int, default=2, help="variants per symbol × case per set")
+    ap.add_argument("--per-symbol", type=int, default=2, help="variants per symbol × case per synthetic set")
     ap.add_argument("--seed", type=int, default=1000, help="writer seeds (keep away from the training seed)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--no-mlflow", action="store_true", help="do not log the real sets' figures to MLflow")
     args = ap.parse_args(argv)
 
-    from ukr_hw.inference import Predictor  # lazy: heavy (torch, mlflow)
+    from ukr_hw.inference import load_net, load_net_from_dir  # lazy: heavy (torch, mlflow)
 
     settings = get_settings()
-    predictor = Predictor.from_dir(args.model_dir) if args.model_dir else Predictor.from_uri(args.model_uri, settings)
-    t0 = time.perf_counter()
-    sets = build_sets(settings, args.holdout_fonts, args.per_symbol, args.seed)
-    print(f"built {sum(len(s) for s in sets.values())} samples in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if args.model_dir:
+        net, version = load_net_from_dir(args.model_dir), None
+    else:
+        net, version = load_net(args.model_uri, settings)
+    results: dict[str, dict] = {"real": {}, "synthetic": {}}
+    print(f"model version {version}")
 
-    results = {}
-    print(f"model version {predictor.model_version}")
-    print(
-        f"{'set':16} {'n':>6} {'symbol':>8} {'case':>8} {'let→dig':>8} {'dig→let':>8}  worst classes / top confusions"
-    )
+    print("\nREAL OTHER WRITERS (never trained on)")
+    print(f"{'set':16} {'n':>6} {'symbol':>8} {'letters':>8} {'case':>7} {'let→dig':>8}  worst classes")
+    reports = {}
+    for name, samples in real_sets(settings).items():
+        r = reports[name] = evaluate(net, samples)
+        results["real"][name] = {k: v for k, v in r.metrics.items() if v == v}
+        print(_real_line(name, r))
+        print(_pairs_line(r))
+    if reports and not args.no_mlflow:
+        _log(reports, version, settings)
+
+    t0 = time.perf_counter()
+    sets = build_sets(settings, args.holdout_fonts, args.per_symbol, args.seed, only=SYNTHETIC)
+    print(f"\nbuilt {sum(len(s) for s in sets.values())} synthetic samples in {time.perf_counter() - t0:.1f} s")
+    print("SYNTHETIC SETS (generated by this project: fonts and its stroke generator; a proxy)")
+    print(f"{'set':16} {'n':>6} {'symbol':>8} {'letters':>8} {'case':>7} {'let→dig':>8}  worst classes / confusions")
     for name, samples in sets.items():
         if not len(samples):
             continue
-        probs, case_prob = predictor.predict_arrays(samples.x, samples.ink)
+        probs, case_prob = predict_samples(net, samples)
         r = score(probs, case_prob, samples)
-        results[name] = r
+        results["synthetic"][name] = r
         worst = " ".join(f"{s}:{a:.2f}" for s, a in r["worst"])  # type: ignore[union-attr]
         conf = " ".join(f"{k}×{v}" for k, v in r["top_confusions"])  # type: ignore[union-attr]
         print(
-            f"{name:16} {r['n']:>6} {r['symbol_accuracy']:>8.3f} {r['case_accuracy']:>8.3f} "
-            f"{r['letters_as_digits']:>8.3f} {r['digits_as_letters']:>8.3f}  {worst} | {conf}"
+            f"{name:16} {r['n']:>6} {r['symbol_accuracy']:>8.3f} {r['letters_only_accuracy']:>8.3f} "
+            f"{r['case_accuracy']:>7.3f} {r['letters_as_digits']:>8.3f}  {worst} | {conf}"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"model_version": predictor.model_version, "sets": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"model_version": version, **results}, indent=2, ensure_ascii=False))
     return 0
+
+
+SYNTHETIC = ("fonts-heldout", "strokes-light", "strokes-dark", "strokes-cursive", "paper-plain", "paper-squared")
+SYNTHETIC += ("paper-cursive",)
+
+
+def _log(reports: dict[str, EvalReport], version: str | None, settings) -> None:
+    """Each real set's metrics, confusion matrices, per-class table and misread grid, in one MLflow run."""
+    from ukr_hw import tracking
+
+    with tracking.start_run("generalization", tags={"benchmark": "generalization", "model_version": str(version)}):
+        for name, r in reports.items():
+            tracking.log_eval(r, name.replace("-", "_"))
+    print(f"logged to MLflow ({settings.resolved_tracking_uri()}): run 'generalization'", file=sys.stderr)
 
 
 if __name__ == "__main__":

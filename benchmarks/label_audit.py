@@ -22,19 +22,17 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from ukr_hw import training
+from ukr_hw.labels import SYMBOLS, display, is_digit
+from ukr_hw.model.evaluate import predict_samples
+from ukr_hw.settings import get_settings
 
-from ukr_hw import training  # noqa: E402
-from ukr_hw.labels import SYMBOLS, display, is_digit  # noqa: E402
-from ukr_hw.model.evaluate import predict_samples  # noqa: E402
-from ukr_hw.settings import get_settings  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:

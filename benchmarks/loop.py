@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def drawing(symbol: str, upper: bool | None, seed: int, shape=None) -> bytes:

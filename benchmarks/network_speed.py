@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,11 +25,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from ukr_hw.model.network import UkrHwNet, build_network
+from ukr_hw.training import load_config
 
-from ukr_hw.model.network import UkrHwNet, build_network  # noqa: E402
-from ukr_hw.training import load_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 LAYOUTS = {"NHWC": torch.channels_last, "NCHW": torch.contiguous_format}
 

@@ -19,23 +19,18 @@ other writers (not cached), to check a choice made on the default sets.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from ukr_hw.inference import Predictor
+from ukr_hw.labels import NUM_CLASSES
+from ukr_hw.model.case_threshold import raw_case
+from ukr_hw.model.heldout import N_DIGITS, build_sets, cached_sets, score
+from ukr_hw.model.network import member_nets
+from ukr_hw.settings import get_settings
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from generalization import N_DIGITS, build_sets, score  # noqa: E402
-from recipe import _sets  # noqa: E402
-
-from ukr_hw.inference import Predictor  # noqa: E402
-from ukr_hw.labels import NUM_CLASSES  # noqa: E402
-from ukr_hw.model.case_threshold import raw_case  # noqa: E402
-from ukr_hw.model.network import member_nets  # noqa: E402
-from ukr_hw.settings import get_settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     if args.seed is None:
-        sets = _sets(settings, args.sets_cache)
+        sets = cached_sets(settings, args.sets_cache)
     else:
         sets = build_sets(settings, None, per_symbol=args.per_symbol, seed=args.seed)  # + the frozen split
     predictor = Predictor.from_uri(args.model_uri)

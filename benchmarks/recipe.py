@@ -20,25 +20,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ukr_hw import training
+from ukr_hw.labels import CASE_UPPER, SYMBOLS
+from ukr_hw.model.evaluate import predict_samples
+from ukr_hw.model.heldout import cached_sets, score
+from ukr_hw.model.network import EnsembleNet
+from ukr_hw.settings import get_settings
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from generalization import SETS, build_sets, score  # noqa: E402
-
-from ukr_hw import training  # noqa: E402
-from ukr_hw.data import split  # noqa: E402
-from ukr_hw.data.arrays import load_samples  # noqa: E402
-from ukr_hw.labels import CASE_NONE, CASE_UPPER, SYMBOLS  # noqa: E402
-from ukr_hw.model.evaluate import predict_samples  # noqa: E402
-from ukr_hw.model.network import EnsembleNet  # noqa: E402
-from ukr_hw.settings import get_settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     body, pre = training.pretrain(body_config, settings)
     print(f"body seed {args.body}: MNIST test accuracy {pre['mnist_test_accuracy']:.4f}", flush=True)
 
-    sets = _sets(settings, args.sets_cache)
+    sets = cached_sets(settings, args.sets_cache)
     names = list(sets)
     nets = []
     rows: dict[str, list[dict]] = {n: [] for n in names}
@@ -68,22 +62,30 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         net, report = training.finetune(config, settings, init=body)
         nets.append(net)
+        # the seed's own writer-disjoint validation slice (whole CoMNIST sessions): what recipe choices are made on
+        val = training.finetune_datamodule(config, settings).val_samples
+        for population in VALIDATION:
+            part = val.subset(np.flatnonzero(val.source == population))
+            if len(part):
+                rows.setdefault(f"val-{population}", []).append(score(*predict_samples(net, part), part))
         for n in names:
             probs, case_prob = predict_samples(net, sets[n])
             rows[n].append(score(probs, case_prob, sets[n]))
             if n == "finetune-test":  # which glyphs each network misreads, to find those that every recipe misreads
                 rows[n][-1]["misreads"] = _misreads(probs, case_prob, sets[n])
-        line = "  ".join(f"{n} {rows[n][-1]['symbol_accuracy']:.3f}/{rows[n][-1]['case_accuracy']:.3f}" for n in names)
+        line = "  ".join(f"{n} {rows[n][-1]['symbol_accuracy']:.3f}/{rows[n][-1]['case_accuracy']:.3f}" for n in rows)
         print(f"seed {seed} ({time.perf_counter() - t:.0f} s, best epoch {report.metrics['best_epoch']:.0f}): {line}")
 
     result: dict[str, dict] = {"tag": args.tag, "overrides": overrides, "body": args.body, "seeds": args.seeds}
-    print(f"\n{args.tag}: mean over seeds {args.seeds} (symbol / case accuracy)")
-    for n in names:
+    print(f"\n{args.tag}: mean over seeds {args.seeds} (symbol / case accuracy; letters-only symbol)")
+    for n in [k for k in rows if k.startswith("val-")] + names:
         sym = np.array([r["symbol_accuracy"] for r in rows[n]])
         case = np.array([r["case_accuracy"] for r in rows[n]])
         l2d = np.array([r["letters_as_digits"] for r in rows[n]])
         d2l = np.array([r["digits_as_letters"] for r in rows[n]])
+        letters = np.array([r["letters_only_accuracy"] for r in rows[n]])
         result[n] = {
+            "letters_only": letters.tolist(),
             "symbol": sym.tolist(),
             "case": case.tolist(),
             "letters_as_digits": l2d.tolist(),
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             result[n]["misreads"] = [r["misreads"] for r in rows[n]]
         sd = sym.std(ddof=1) if len(sym) > 1 else 0.0
         print(
-            f"  {n:16} {sym.mean():.3f} / {case.mean():.3f}   letters→digits {l2d.mean():5.1%}"
+            f"  {n:16} {sym.mean():.3f} / {case.mean():.3f}  ({letters.mean():.3f})   letters→digits {l2d.mean():5.1%}"
             f"  digits→letters {d2l.mean():5.1%}   (symbol sd {sd:.3f})"
         )
     if args.ensemble and len(nets) > 1:
@@ -119,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: populations of each seed's validation slice scored on their own (Rukopys and CoMNIST: real writers)
+VALIDATION = ("comnist", "rukopys", "mnist")
+
+
 def _subsets(nets: list, k: int, sets: dict, result: dict) -> None:
     """Score every ``k``-network ensemble of ``nets``: mean symbol / case per set, and the symbol range."""
     groups = list(itertools.combinations(range(len(nets)), k))
@@ -140,29 +146,10 @@ def _misreads(probs: np.ndarray, case_prob: np.ndarray, samples) -> list[str]:
     out = []
     for i, (p, c) in enumerate(zip(probs.argmax(1), case_prob, strict=True)):
         y, case = int(samples.y[i]), int(samples.case[i])
-        upper_read = bool(c >= 0.5) and case != CASE_NONE
-        if p != y or (case != CASE_NONE and upper_read != (case == CASE_UPPER)):
+        upper_read = bool(c >= 0.5) and case >= 0
+        if p != y or (case >= 0 and upper_read != (case == CASE_UPPER)):
             out.append(f"{samples.id[i]} {name(y, case == CASE_UPPER)}→{name(int(p), upper_read)}")
     return out
-
-
-def _sets(settings, cache: Path) -> dict:
-    """The frozen split plus the generalisation sets (built once, then read from the ``cache`` folder)."""
-    from ukr_hw.data.arrays import save_samples
-
-    test = load_samples(settings.processed_dir / split.TEST_FILE)
-    index = cache / "sets.json"
-    cached = json.loads(index.read_text()) if index.exists() else []
-    sets = {n: load_samples(cache / f"{n}.npz") for n in cached}
-    missing = tuple(n for n in SETS if n not in sets and n != "finetune-test")
-    if missing:  # a set added since the cache was built is built alone; the cached ones stay as they were
-        new = build_sets(settings, None, per_symbol=2, seed=1000, only=missing)
-        cache.mkdir(parents=True, exist_ok=True)
-        for n, s in new.items():
-            save_samples(s, cache / f"{n}.npz")
-        sets |= new
-        index.write_text(json.dumps(list(sets)))
-    return {"finetune-test": test, **sets}
 
 
 if __name__ == "__main__":

@@ -20,27 +20,22 @@ Prints one row per model and, per recipe, the mean and how many models the gate 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from case_refit import data_with_feedback
+
+from ukr_hw import tracking
+from ukr_hw.data.arrays import Samples
+from ukr_hw.data.strokes import UNSEEN_FORMS, render_stroke_glyphs
+from ukr_hw.model.evaluate import predict_samples
+from ukr_hw.model.heldout import cached_sets, score
+from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_from_champion
+from ukr_hw.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from case_refit import data_with_feedback  # noqa: E402
-from generalization import score  # noqa: E402
-from recipe import _sets  # noqa: E402
-
-from ukr_hw import tracking  # noqa: E402
-from ukr_hw.data.arrays import Samples  # noqa: E402
-from ukr_hw.data.strokes import UNSEEN_FORMS, render_stroke_glyphs  # noqa: E402
-from ukr_hw.model.evaluate import predict_samples  # noqa: E402
-from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_from_champion  # noqa: E402
-from ukr_hw.settings import Settings, get_settings  # noqa: E402
 
 RECIPES = {"retrain section": {}, "training recipe": {"retrain": "{}"}}
 
@@ -76,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     champion = tracking.load_champion_net(settings)
     feedback = form_drawings(settings, args.form, args.samples, 3000, FEEDBACK_SOURCE)
     probes = form_drawings(settings, args.form, args.probes, 5000, "probe")
-    sets = {"new form": probes, **_sets(settings, args.sets_cache)}
+    sets = {"new form": probes, **cached_sets(settings, args.sets_cache)}
     names = list(sets)
 
     def scores(net) -> dict[str, dict]:

@@ -22,10 +22,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from ukr_hw import stack
 
-from ukr_hw import stack  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _images(n: int) -> list[bytes]:

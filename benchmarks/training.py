@@ -23,8 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from ukr_hw import training
 from ukr_hw.data.split import TRAIN_FILE
 from ukr_hw.labels import LOOKALIKE_PAIRS
