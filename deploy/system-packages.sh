@@ -3,11 +3,13 @@
 # into extra training glyphs, see ukr_hw/data/fonts.py) and Chromium (the browser test). Quick when all present;
 # without root or apt it only says what is missing — everything still works, with fewer synthetic glyphs and the
 # browser test skipped.
+#   bash deploy/system-packages.sh               # fonts + Chromium (a development machine, CI)
+#   bash deploy/system-packages.sh --no-browser  # fonts only (the runtime image, deploy/Dockerfile)
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 wanted=()
 [ -f "$here/fonts.txt" ] && mapfile -t wanted < <(grep -vE '^\s*(#|$)' "$here/fonts.txt")
-wanted+=(chromium)
+[ "${1:-}" = "--no-browser" ] || wanted+=(chromium)
 missing=()
 for pkg in "${wanted[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
