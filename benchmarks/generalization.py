@@ -34,10 +34,11 @@ from ukr_hw.settings import get_settings
 def _real_line(name: str, r: EvalReport) -> str:
     m = r.metrics
     case = f"{m['case_accuracy']:>7.3f}" if m["n_cased"] else f"{'—':>7}"
+    letters = m["letters_only_accuracy"] if m["n_letters"] else m["digits_only_accuracy"]  # digits: the digits mode
     worst = r.per_class[r.per_class.n > 0].sort_values("accuracy").head(5)
     worst_text = " ".join(f"{s}:{a:.2f}" for s, a in zip(worst.symbol, worst.accuracy, strict=True))
     return (
-        f"{name:16} {int(m['n']):>6} {m['symbol_accuracy']:>8.3f} {m['letters_only_accuracy']:>8.3f} {case} "
+        f"{name:16} {int(m['n']):>6} {m['symbol_accuracy']:>8.3f} {letters:>8.3f} {case} "
         f"{m['letters_as_digits']:>8.3f}  {worst_text}"
     )
 
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model version {version}")
 
     print("\nREAL OTHER WRITERS (never trained on)")
-    print(f"{'set':16} {'n':>6} {'symbol':>8} {'letters':>8} {'case':>7} {'let→dig':>8}  worst classes")
+    print("(symbol: 43-way; restricted: letters only, for a set of digits digits only; case: where labelled)")
+    print(f"{'set':16} {'n':>6} {'symbol':>8} {'restrict':>8} {'case':>7} {'let→dig':>8}  worst classes")
     reports = {}
     for name, samples in real_sets(settings).items():
         r = reports[name] = evaluate(net, samples)

@@ -469,6 +469,7 @@ def test_evaluate_reports_each_population_and_the_letters_only_reading():
     assert m["rukopys_case_accuracy"] == pytest.approx(np.mean(ruk.case[ruk.case >= 0] == 1))
     assert m["case_accuracy"] == m["rukopys_case_accuracy"] and m["n_cased"] == (ruk.case >= 0).sum()
     assert m["n_letters"] == (ruk.y >= 10).sum() + len(drawn)
+    assert m["digits_only_accuracy"] == pytest.approx(np.mean(ruk.y[ruk.y < 10] == 3))  # the digits mode
 
 
 def test_config_merge_and_overrides(tmp_path):

@@ -3,7 +3,8 @@
 ``evaluate(net, samples)`` returns an :class:`EvalReport`:
 
 * ``metrics`` — ``symbol_accuracy``; ``case_accuracy`` over letters with a case label; ``digit_accuracy``/
-  ``letter_accuracy``; ``letters_only_accuracy`` (letters read with the digits excluded, as in the ``letters`` mode);
+  ``letter_accuracy``; ``letters_only_accuracy`` / ``digits_only_accuracy`` (letters read with the digits excluded,
+  digits with the letters excluded: the ``letters`` and ``digits`` modes);
   ``letters_as_digits`` (share of letters predicted as a digit: the classic failure when digits dominate); the same
   per population of writers, keyed by sample source (``rukopys_symbol_accuracy``, ``comnist_letters_only_accuracy``,
   ``feedback_case_accuracy``, ``<source>_n`` …);
@@ -101,6 +102,7 @@ def evaluate(net: Network, samples: Samples, batch_size: int = 1024) -> EvalRepo
     cased = case >= 0  # letters whose case is labelled: the only ones case metrics count
     case_ok = case_pred == case
     letters_only = probs[:, len(DIGITS) :].argmax(1) + len(DIGITS) == y  # the reading restricted to letters
+    digits_only = probs[:, : len(DIGITS)].argmax(1) == y  # … and to digits
 
     conf = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     np.add.at(conf, (y, pred), 1)
@@ -119,6 +121,7 @@ def evaluate(net: Network, samples: Samples, batch_size: int = 1024) -> EvalRepo
         "digit_accuracy": mean(correct[~letters]),
         "letter_accuracy": mean(correct[letters]),
         "letters_only_accuracy": mean(letters_only[letters]),
+        "digits_only_accuracy": mean(digits_only[~letters]),
         "letters_as_digits": mean(pred[letters] < len(DIGITS)),
         "symbol_and_case_accuracy": mean(np.where(cased, correct & case_ok, correct)),
     }
@@ -131,6 +134,8 @@ def evaluate(net: Network, samples: Samples, batch_size: int = 1024) -> EvalRepo
         if (sel & letters).any():
             metrics[f"{population}_letters_only_accuracy"] = mean(letters_only[sel & letters])
             metrics[f"{population}_letters_as_digits"] = mean(pred[sel & letters] < len(DIGITS))
+        if (sel & ~letters).any():
+            metrics[f"{population}_digits_only_accuracy"] = mean(digits_only[sel & ~letters])
     for a, b in LOOKALIKE_PAIRS:
         ia, ib = index_of(a), index_of(b)
         sel = (y == ia) | (y == ib)
