@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from ukr_hw.feedback import (
+    OPTIONAL_FIELDS,
     REQUIRED_FIELDS,
     CorruptSample,
     FeedbackStore,
@@ -80,6 +81,7 @@ def test_round_trip_record_and_png(store: FeedbackStore):
     assert record["symbol"] == "г" and record["is_uppercase"] is True
     assert record["predicted_symbol"] == "т" and record["predicted_is_uppercase"] is False
     assert record["model_version"] == "3" and record["client_id"] == "c1"
+    assert record["mode"] == "any"  # no restriction asked for: the default
     assert (record["image_width"], record["image_height"]) == (400, 400)
     created = datetime.fromisoformat(record["created_at"].replace("Z", "+00:00"))
     assert before <= created <= datetime.now(UTC)
@@ -118,6 +120,30 @@ def test_invalid_submissions_are_refused_with_a_message(store: FeedbackStore, im
     with pytest.raises(InvalidSample, match=message):
         store.save(data, symbol, upper)
     assert store.list_since(None) == []
+
+
+def test_the_mode_is_recorded_and_old_records_read_as_any(store: FeedbackStore):
+    """The letters-only / digits-only choice the prediction was made under travels with the sample; a record
+    written before the field existed reads as "any"."""
+    first = store.save(letter_png(), "з", False, predicted_symbol="з", mode="letters")
+    second = store.save(letter_png(), "3", None, predicted_symbol="3", mode=" Digits ")
+    records = {r.sample_id: store.read(r)[1] for r in store.list_since(None)}
+    assert records[first]["mode"] == "letters" and records[second]["mode"] == "digits"
+    raw = json.loads(store.backend.get(store.list_since(None)[0].json_key))
+    assert raw["mode"] == "letters"  # stored in the JSON itself, not only filled in on reading
+
+    # an old record: the same JSON without the field, rewritten in place
+    ref = store.list_since(None)[1]
+    old = json.loads(store.backend.get(ref.json_key))
+    del old["mode"]
+    store.backend.put(ref.json_key, json.dumps(old).encode(), "application/json")
+    _, record = store.read(ref)
+    assert record["mode"] == "any" == OPTIONAL_FIELDS["mode"]
+    assert "mode" not in REQUIRED_FIELDS
+
+    with pytest.raises(InvalidSample, match="use one of any, letters, digits"):
+        store.save(letter_png(), "г", True, mode="cyrillic")
+    assert len(store.list_since(None)) == 2
 
 
 def test_huge_images_are_refused(store_factory):

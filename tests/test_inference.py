@@ -1,4 +1,5 @@
-"""Inference: the result shape, loading by alias, `ukr-hw predict` on real files, bad files, no champion."""
+"""Inference: the result shape, loading by alias, `ukr-hw predict` on real files, bad files, no champion, and the
+letters-only / digits-only restriction."""
 
 from __future__ import annotations
 
@@ -13,11 +14,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ukr_hw.inference import ModelNotFoundError, Predictor, format_result, predict_paths
-from ukr_hw.labels import SYMBOLS, index_of
+from ukr_hw.inference import (
+    MODES,
+    InvalidModeError,
+    ModelNotFoundError,
+    Predictor,
+    format_result,
+    parse_mode,
+    predict_paths,
+    restrict,
+)
+from ukr_hw.labels import DIGITS, LETTERS, SYMBOLS, index_of, is_digit
 from ukr_hw.preprocess import preprocess
 
-KEYS = ["label", "is_uppercase", "case_probability", "top", "model_version"]
+KEYS = ["label", "is_uppercase", "case_probability", "top", "model_version", "mode"]
 
 
 def _rukopys_files(mirror: Path, n: int) -> list[tuple[Path, str, bool]]:
@@ -40,7 +50,7 @@ def test_format_result_shape_for_letters_and_digits(champion_model):
         assert r["label"] == SYMBOLS[int(probs[i].argmax())] == r["top"][0]["label"]
         assert len(r["top"]) == 5 and all(isinstance(t["probability"], float) for t in r["top"])
         assert [t["probability"] for t in r["top"]] == sorted((t["probability"] for t in r["top"]), reverse=True)
-        assert r["model_version"] == champion_model.version
+        assert r["model_version"] == champion_model.version and r["mode"] == "any"
         if r["label"].isdigit():
             seen_digit = True
             assert r["is_uppercase"] is None and r["case_probability"] is None
@@ -185,3 +195,143 @@ def test_loading_by_alias_asks_the_configured_store_and_repoints_nothing(champio
         np.testing.assert_allclose(got, want, atol=1e-6)
     finally:
         mlflow.set_registry_uri(before)
+
+
+# --- letters only / digits only ----------------------------------------------------------------------------------
+
+
+def _probs(n: int = 200, seed: int = 0) -> np.ndarray:
+    """Random symbol distributions, a third of them dominated by a digit (the «3» that should read «з»)."""
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(len(SYMBOLS), 0.3), size=n).astype(np.float32)
+    p[::3, 3] += 5.0  # «3» far ahead
+    p[1::3, index_of("з")] += 5.0  # «з» far ahead
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def test_restrict_keeps_only_the_allowed_symbols_and_renormalises():
+    probs = _probs()
+    digit_cols = [index_of(d) for d in DIGITS]
+    letter_cols = [index_of(letter) for letter in LETTERS]
+    assert parse_mode(None) == parse_mode("") == "any" and parse_mode(" Letters ") == "letters"
+    np.testing.assert_array_equal(restrict(probs, "any"), probs)  # any: unchanged
+
+    letters = restrict(probs, "letters")
+    assert letters.shape == probs.shape and letters.dtype == probs.dtype
+    assert (letters[:, digit_cols] == 0).all()
+    np.testing.assert_allclose(letters.sum(axis=1), 1.0, atol=1e-6)
+    assert all(not is_digit(int(i)) for i in letters.argmax(axis=1))  # never a digit
+    # the order among the allowed symbols is the model's own: only the scale changes
+    np.testing.assert_allclose(
+        letters[:, letter_cols] * probs[:, letter_cols].sum(1, keepdims=True), probs[:, letter_cols], rtol=1e-5
+    )
+
+    digits = restrict(probs, "digits")
+    assert (digits[:, letter_cols] == 0).all()
+    np.testing.assert_allclose(digits.sum(axis=1), 1.0, atol=1e-6)
+    assert all(is_digit(int(i)) for i in digits.argmax(axis=1))  # never a letter
+
+    one = restrict(probs[0], "letters")  # one row (43,) as well as (N, 43)
+    np.testing.assert_allclose(one, letters[0], atol=1e-7)
+    # the model sure of a digit down to float underflow: letters get a uniform share, not NaN
+    certain = np.zeros(len(SYMBOLS), np.float32)
+    certain[3] = 1.0
+    spread = restrict(certain, "letters")
+    assert np.isfinite(spread).all() and spread.sum() == pytest.approx(1.0)
+    assert spread[letter_cols].min() == spread[letter_cols].max() > 0
+
+
+@pytest.mark.parametrize("bad", ["letter", "Буквы", "all", 3, "letters,digits"])
+def test_an_unknown_mode_is_a_clear_error(bad):
+    for call in (lambda: restrict(_probs(3), bad), lambda: format_result(_probs(1)[0], 0.5, "1", bad)):
+        with pytest.raises(InvalidModeError, match="use one of any, letters, digits") as err:
+            call()
+        assert isinstance(err.value, ValueError)
+    assert MODES == ("any", "letters", "digits")
+
+
+def test_format_result_reads_under_the_mode_and_keeps_the_case():
+    probs = _probs(30)
+    for row in probs:
+        for case_prob in (0.2, 0.8):
+            any_ = format_result(row, case_prob, "7")
+            letters = format_result(row, case_prob, "7", "letters")
+            digits = format_result(row, case_prob, "7", mode="digits")
+            assert (any_["mode"], letters["mode"], digits["mode"]) == ("any", "letters", "digits")
+            assert list(letters) == KEYS == list(digits)
+            assert all(t["label"] in LETTERS for t in letters["top"]) and letters["label"] in LETTERS
+            assert all(t["label"] in DIGITS for t in digits["top"]) and digits["label"] in DIGITS
+            # the top-5 probabilities are over the allowed set: restricted ones never lower than unrestricted
+            for r in (letters, digits):
+                assert sum(t["probability"] for t in r["top"]) <= 1.0 + 1e-4
+                for t in r["top"]:
+                    before = row[index_of(t["label"])]
+                    assert t["probability"] >= round(float(before), 5) - 1e-5
+            # the best letter under "any" is the answer under "letters" whenever "any" named a letter
+            if any_["label"] in LETTERS:
+                assert letters["label"] == any_["label"]
+                assert letters["is_uppercase"] == any_["is_uppercase"] == (case_prob >= 0.5)
+            # the case head is as without the restriction; digits still have no case
+            assert letters["is_uppercase"] is (case_prob >= 0.5)
+            assert letters["case_probability"] == pytest.approx(case_prob)
+            assert digits["is_uppercase"] is None and digits["case_probability"] is None
+    # «з»/«3» in one drawing: digits-dominated row read as letters names the best letter
+    row = np.full(len(SYMBOLS), 1e-4, np.float32)
+    row[3], row[index_of("з")], row[index_of("в")] = 0.8, 0.15, 0.05
+    assert format_result(row, 0.3, None)["label"] == "3"
+    r = format_result(row, 0.3, None, "letters")
+    assert r["label"] == "з" and r["is_uppercase"] is False and r["top"][0]["probability"] > 0.7
+
+
+def test_predictor_and_predict_paths_take_the_mode(champion_model, mirror):
+    p = Predictor.from_uri(champion_model.model_uri)
+    files = [f for f, _, _ in _rukopys_files(mirror, 12)]
+    glyphs = [preprocess(f) for f in files]
+    plain = p.predict_glyphs(glyphs)
+    letters = p.predict_glyphs(glyphs, mode="letters")
+    digits = p.predict_sources(files, "digits")
+    assert {r["mode"] for r in plain} == {"any"}
+    assert {r["mode"] for r in letters} == {"letters"} and {r["mode"] for r in digits} == {"digits"}
+    assert all(r["label"] in LETTERS and all(t["label"] in LETTERS for t in r["top"]) for r in letters)
+    assert all(r["label"] in DIGITS and r["is_uppercase"] is None for r in digits)
+    for a, b in zip(plain, letters, strict=True):  # whenever the model read a letter anyway, the answer stands
+        if a["label"] in LETTERS:
+            assert b["label"] == a["label"] and b["is_uppercase"] == a["is_uppercase"]
+    via_paths = list(predict_paths(files, predictor=p, workers=0, mode="letters"))
+    assert [r["label"] for r in via_paths] == [r["label"] for r in letters]
+    with pytest.raises(InvalidModeError, match="any, letters, digits"):
+        p.predict_glyphs(glyphs, mode="words")
+    with pytest.raises(InvalidModeError, match="any, letters, digits"):
+        list(predict_paths(files, predictor=p, mode="words"))
+
+
+def test_cli_predict_mode_flag(champion_model, mirror, capsys):
+    from ukr_hw.cli import main
+
+    files = [str(f) for f, _, _ in _rukopys_files(mirror, 6)]
+    exe = shutil.which("ukr-hw", path=str(Path(sys.executable).parent)) or "ukr-hw"
+    proc = subprocess.run(
+        [exe, "predict", "--mode", "letters", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["path"] for r in lines] == files
+    assert all(r["mode"] == "letters" and r["label"] in LETTERS for r in lines)
+    assert all(t["label"] in LETTERS for r in lines for t in r["top"])
+    # in-process: digits, and the default (any) still reports its mode
+    assert main(["predict", "--mode", "digits", *files[:2]]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["mode"] for r in out] == ["digits", "digits"] and all(r["label"] in DIGITS for r in out)
+    assert main(["predict", files[0]]) == 0
+    assert json.loads(capsys.readouterr().out)["mode"] == "any"
+    # a wrong value: exit 2, one line naming the allowed values, nothing on stdout
+    assert main(["predict", "--mode", "lettres", files[0]]) == 2
+    bad = capsys.readouterr()
+    assert "--mode" in bad.err and "any, letters, digits" in bad.err and not bad.out
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "{any,letters,digits}" in capsys.readouterr().out

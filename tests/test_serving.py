@@ -2,8 +2,8 @@
 
 One server for the module (started through the real `ukr-hw serve` path: champion import into a temporary BentoML
 store, then `bentoml serve`), always killed at the end. Checks: answers equal the in-process Predictor's, every
-kind of bad input gets its 4xx with a message, /readyz, metrics, and hot reload by admin call and by polling while
-a background loop of requests sees no failure.
+kind of bad input gets its 4xx with a message, /readyz, metrics, the letters-only / digits-only ``mode`` field, and
+hot reload by admin call and by polling while a background loop of requests sees no failure.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tests.fixtures.servers import API_TOKEN as TOKEN
 from tests.fixtures.servers import Server
 from ukr_hw import stack
 from ukr_hw.api_client import ApiClient, ApiError, ApiUnreachableError
+from ukr_hw.labels import DIGITS, LETTERS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,7 +98,8 @@ def test_classify_matches_in_process_predictor(server, client, champion_model, g
         np.testing.assert_allclose(
             [t["probability"] for t in g["top"]], [t["probability"] for t in e["top"]], atol=2e-4
         )
-        assert set(g) == {"label", "is_uppercase", "case_probability", "top", "model_version"}
+        assert set(g) == {"label", "is_uppercase", "case_probability", "top", "model_version", "mode"}
+        assert g["mode"] == e["mode"] == "any"  # no mode sent: every symbol
     # the glyphs the model gets right in-process are right over HTTP too (and the tiny model gets some right)
     truth = [f.stem.split("-")[0] for f in glyph_files]
     assert sum(g["label"] == e["label"] for g, e in zip(got, expected, strict=True)) == len(got)
@@ -120,6 +122,60 @@ def test_classify_batch_in_order_and_formats(client, glyph_files):
     mask = Image.fromarray((255 - np.asarray(img.convert("L").resize((300, 300)))).astype(np.uint8))
     canvas.paste(ink, (0, 0), mask)
     assert client.classify(_png(canvas))["label"]
+
+
+def test_mode_restricts_the_answer_and_is_reported(server, client, champion_model, glyph_files):
+    """mode=letters never answers a digit, mode=digits never a letter; the same answers as the in-process
+    Predictor under that mode; the batch route takes it too; curl's plain text and a JSON-encoded part both work."""
+    from ukr_hw.inference import Predictor
+
+    predictor = Predictor.from_uri(champion_model.model_uri)
+    data = [f.read_bytes() for f in glyph_files[:8]]
+    for mode, allowed in (("letters", LETTERS), ("digits", DIGITS)):
+        expected = predictor.predict_sources(data, mode=mode)
+        got = [client.classify(d, mode=mode) for d in data]
+        for e, g in zip(expected, got, strict=True):
+            assert g["mode"] == mode and g["label"] in allowed and all(t["label"] in allowed for t in g["top"])
+            assert g["label"] == e["label"] and g["is_uppercase"] == e["is_uppercase"]
+            np.testing.assert_allclose(
+                [t["probability"] for t in g["top"]], [t["probability"] for t in e["top"]], atol=2e-4
+            )
+            assert sum(t["probability"] for t in g["top"]) <= 1 + 1e-4
+        if mode == "digits":
+            assert all(g["is_uppercase"] is None and g["case_probability"] is None for g in got)
+        batch = client.classify_batch(data[:MAX_BATCH], mode=mode)
+        assert [b["label"] for b in batch] == [g["label"] for g in got[:MAX_BATCH]]
+        assert {b["mode"] for b in batch} == {mode}
+    assert {client.classify(data[0], mode=m)["mode"] for m in ("any", "")} == {"any"}
+    # the form field as curl sends it (-F mode=letters) and as a JSON-encoded part (what the OpenAPI page says)
+    image = {"image": ("g.png", data[0], "image/png")}
+    plain = _post(server, "/classify", files=image, data={"mode": "Letters"})
+    assert plain.status_code == 200 and plain.json()["mode"] == "letters", plain.text
+    encoded = _post(server, "/classify", files={**image, "mode": (None, '"digits"', "application/json")})
+    assert encoded.status_code == 200 and encoded.json()["mode"] == "digits", encoded.text
+
+
+def test_an_invalid_mode_is_a_400_naming_the_allowed_values(server, client, glyph_files):
+    good = ("x.png", glyph_files[0].read_bytes(), "image/png")
+    for value in ("letter", "LETTERS!", "1", "true", "null-ish", "числа"):
+        _assert_error(
+            _post(server, "/classify", files={"image": good}, data={"mode": value}), 400, "any, letters, digits"
+        )
+    batch = [("images", good), ("images", good)]
+    _assert_error(_post(server, "/classify_batch", files=batch, data={"mode": "words"}), 400, "'words'", "letters")
+    # a file in the mode field is refused before BentoML reads it
+    _assert_error(
+        _post(server, "/classify", files={"image": good, "mode": ("m.txt", b"letters", "text/plain")}),
+        400,
+        "field 'mode'",
+        "text",
+    )
+    with pytest.raises(ApiError) as err:
+        client.classify(good[1], mode="vowels")
+    assert err.value.status == 400 and "use one of any, letters, digits" in err.value.message
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert 'reason="bad_mode"' in metrics
+    assert client.classify(good[1], mode="digits")["mode"] == "digits"  # and the server is fine
 
 
 # --- bad input ----------------------------------------------------------------------------------------------------

@@ -156,6 +156,7 @@ def test_predict_confirm_and_correct_store_samples_in_s3(running: Running, champ
     assert record["predicted_symbol"] == expected["label"]
     assert record["model_version"] == str(champion_model.version)
     assert record["client_id"] and len(record["client_id"]) >= 16
+    assert record["mode"] == "any"  # the default choice: every symbol
 
     # correct: the user says it is an uppercase Ї
     client.predict(_sketch(png), api_name="/predict")
@@ -181,6 +182,47 @@ def test_predict_confirm_and_correct_store_samples_in_s3(running: Running, champ
     assert "**1** drawing " in _value(out[-1])
     ids = {store.read(r)[1]["client_id"] for r in store.list_since(None)}
     assert len(ids) == 2
+
+
+def test_the_letters_digits_choice_is_applied_and_stored(running: Running, tmp_path):
+    """The "Letters / Digits / Any" choice goes to the API with the drawing, shows on the answer, and is stored with
+    the sample: the mode the prediction was read under (the choice itself when nothing was recognised)."""
+    from ukr_hw.labels import DIGITS, LETTERS
+
+    png = tmp_path / "g.png"
+    png.write_bytes(letter_png())
+    store = running.store()
+    before = {r.sample_id for r in store.list_since(None)}
+
+    def new_records() -> list[dict]:
+        refs = [r for r in store.list_since(None) if r.sample_id not in before]
+        before.update(r.sample_id for r in refs)
+        return [store.read(r)[1] for r in refs]
+
+    client = _client(running.ui_url)
+    expected = ApiClient(running.api_url).classify(png.read_bytes(), mode="digits")
+    html, top3, symbol, case = (_value(o) for o in client.predict(_sketch(png), "digits", api_name="/predict"))
+    assert symbol == expected["label"] and symbol in DIGITS and case is None  # a digit has no case
+    assert all(c["label"] in DIGITS for c in top3["confidences"])
+    assert "digits only" in html
+    client.predict(_sketch(png), "digits", api_name="/confirm")
+    (record,) = new_records()
+    assert (record["symbol"], record["is_uppercase"], record["mode"]) == (symbol, None, "digits")
+    assert record["predicted_symbol"] == symbol
+
+    # letters: the correction records the mode the prediction was read under
+    html, top3, symbol, _ = (_value(o) for o in client.predict(_sketch(png), mode="letters", api_name="/predict"))
+    assert symbol in LETTERS and all(c["label"].lower() in LETTERS for c in top3["confidences"])
+    assert "letters only" in html
+    client.predict(_sketch(png), "г", "upper", "letters", api_name="/correct")
+    (record,) = new_records()
+    assert (record["symbol"], record["is_uppercase"], record["mode"]) == ("г", True, "letters")
+    assert record["predicted_symbol"] == symbol
+
+    # a correction with nothing recognised first: the choice on screen is what is stored
+    client.predict(_sketch(png), "7", None, "digits", api_name="/correct")
+    (record,) = new_records()
+    assert (record["symbol"], record["mode"], record["predicted_symbol"]) == ("7", "digits", None)
 
 
 def test_clear_messages_for_bad_requests(running: Running, tmp_path):

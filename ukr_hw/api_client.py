@@ -1,7 +1,8 @@
 """A small HTTP client for the ukr-hw BentoML API (used by the UI, the retrain flow, benchmarks and tests).
 
 >>> client = ApiClient()                       # settings.api_url, e.g. http://127.0.0.1:3000
->>> client.classify(png_bytes)                 # {"label": "ї", "is_uppercase": True, ..., "model_version": "3"}
+>>> client.classify(png_bytes)                 # {"label": "ї", "is_uppercase": True, ..., "mode": "any"}
+>>> client.classify(png_bytes, mode="letters") # only letters: З, not 3 (``mode``: any, letters or digits)
 >>> client.classify_batch([png1, png2])        # [{...}, {...}] in order
 >>> client.ready()                             # True once the model is loaded
 >>> client.reload(token)                       # ask the API to load the current champion now
@@ -65,6 +66,11 @@ def _error_message(response: httpx.Response) -> str:
     return str(body)
 
 
+def _mode_field(mode: str | None) -> dict[str, str] | None:
+    """The ``mode`` form field next to the file(s); none at all when not given (the server's default)."""
+    return None if mode is None else {"mode": str(mode)}
+
+
 class ApiClient:
     """Synchronous client; one connection pool per instance (use as a context manager or call :meth:`close`)."""
 
@@ -100,16 +106,23 @@ class ApiClient:
 
     # --- API -----------------------------------------------------------------------------------------------
 
-    def classify(self, image_bytes: bytes, filename: str = "drawing.png") -> dict:
-        """Classify one image (PNG, JPEG or WebP bytes) → the same dict as ``ukr-hw predict``."""
-        files = {"image": (filename, image_bytes, _guess_type(filename))}
-        return self._request("POST", "/classify", files=files).json()
+    def classify(self, image_bytes: bytes, filename: str = "drawing.png", mode: str | None = None) -> dict:
+        """Classify one image (PNG, JPEG or WebP bytes) → the same dict as ``ukr-hw predict``.
 
-    def classify_batch(self, images: list[bytes], filenames: list[str] | None = None) -> list[dict]:
-        """Classify several images in one request → one dict per image, in order."""
+        ``mode`` (``"any"``, ``"letters"`` or ``"digits"``; None: the server's default, any) restricts the answer to
+        those symbols; the server checks it (an unknown one is an :class:`ApiError` 400 naming the allowed values).
+        """
+        files = {"image": (filename, image_bytes, _guess_type(filename))}
+        return self._request("POST", "/classify", files=files, data=_mode_field(mode)).json()
+
+    def classify_batch(
+        self, images: list[bytes], filenames: list[str] | None = None, mode: str | None = None
+    ) -> list[dict]:
+        """Classify several images in one request → one dict per image, in order (``mode`` as for :meth:`classify`,
+        for every image)."""
         names = filenames or [f"image-{i}.png" for i in range(len(images))]
         files = [("images", (name, data, _guess_type(name))) for name, data in zip(names, images, strict=True)]
-        return self._request("POST", "/classify_batch", files=files).json()
+        return self._request("POST", "/classify_batch", files=files, data=_mode_field(mode)).json()
 
     def ready(self) -> bool:
         """True when the API answers ``/readyz`` with 200 (model loaded); False when not ready or unreachable."""

@@ -49,11 +49,16 @@ def _pipeline(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ukr_hw.inference import ModelNotFoundError, predict_paths
+    from ukr_hw.inference import InvalidModeError, ModelNotFoundError, parse_mode, predict_paths
 
+    try:
+        mode = parse_mode(args.mode)
+    except InvalidModeError as exc:
+        print(f"ukr-hw predict: --mode: {exc}", file=sys.stderr)
+        return 2
     failed = 0
     try:
-        for result in predict_paths(args.images, model_uri=args.model, batch_size=args.batch_size):
+        for result in predict_paths(args.images, model_uri=args.model, batch_size=args.batch_size, mode=mode):
             failed += "error" in result
             _print_json(result)
     except ModelNotFoundError as exc:
@@ -153,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, …)")
     p.add_argument("--model", default=None, help="model URI (default: models:/<name>@champion)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--mode",
+        default="any",
+        metavar="{any,letters,digits}",
+        help="which symbols an answer may name: any (default), letters only or digits only (З, not 3)",
+    )
 
     p = add("serve", _serve, "Start the BentoML API on the champion model.")
     p.add_argument("--port", type=int, default=None)

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from ukr_hw import labels
+from ukr_hw.inference import DEFAULT_MODE, InvalidModeError, parse_mode
 from ukr_hw.preprocess import EmptyImageError, PreprocessError, decode, preprocess
 from ukr_hw.settings import Settings, get_settings
 
@@ -55,6 +56,10 @@ REQUIRED_FIELDS = (
     "image_width",
     "image_height",
 )
+#: Fields added after the first records were written, with the value a record without them means.
+OPTIONAL_FIELDS: dict[str, Any] = {
+    "mode": DEFAULT_MODE,  # the restriction the prediction was made under: "any", "letters" or "digits"
+}
 
 
 class InvalidSample(ValueError):
@@ -398,11 +403,18 @@ class FeedbackStore:
         predicted_is_uppercase: bool | None = None,
         model_version: str | None = None,
         client_id: str | None = None,
+        mode: str | None = DEFAULT_MODE,
     ) -> str:
         """Validate and store one sample; returns its ``sample_id``. Raises :class:`InvalidSample`.
 
-        PNG first, JSON record last. If S3 is unreachable the sample goes to the spool (and is uploaded later).
+        ``mode`` is the restriction the prediction was made under (``"any"``, ``"letters"`` or ``"digits"``, see
+        :func:`ukr_hw.inference.restrict`). PNG first, JSON record last. If S3 is unreachable the sample goes to
+        the spool (and is uploaded later).
         """
+        try:
+            mode = parse_mode(mode)
+        except InvalidModeError as exc:
+            raise InvalidSample(str(exc)) from exc
         png, img, symbol, is_uppercase, predicted = self.validate(image_bytes, symbol, is_uppercase, predicted_symbol)
         now = datetime.now(UTC)
         sample_id = new_sample_id(now)
@@ -415,6 +427,7 @@ class FeedbackStore:
             if predicted is None or labels.is_digit(predicted)
             else predicted_is_uppercase,
             "model_version": None if model_version is None else str(model_version),
+            "mode": mode,
             "created_at": now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "client_id": client_id,
             "schema_version": SCHEMA_VERSION,
@@ -504,7 +517,9 @@ class FeedbackStore:
         return sorted(refs, key=lambda r: (r.sample_id, r.key))
 
     def read(self, ref: SampleRef | str) -> tuple[bytes, dict[str, Any]]:
-        """``(png_bytes, record)``; raises :class:`CorruptSample` if the sample is broken."""
+        """``(png_bytes, record)``; raises :class:`CorruptSample` if the sample is broken.
+
+        Fields of :data:`OPTIONAL_FIELDS` that an older record lacks are filled in with their defaults."""
         ref = ref if isinstance(ref, SampleRef) else SampleRef(ref)
         try:
             raw = self.backend.get(ref.json_key)
@@ -529,6 +544,8 @@ class FeedbackStore:
             raise CorruptSample(ref, "the PNG is missing") from exc
         if hashlib.sha256(png).hexdigest() != record["image_sha256"]:
             raise CorruptSample(ref, "the PNG does not match the record's sha256")
+        for field, default in OPTIONAL_FIELDS.items():
+            record.setdefault(field, default)
         return png, record
 
     def quarantine(self, ref: SampleRef | str, reason: str) -> str:

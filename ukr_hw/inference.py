@@ -3,9 +3,15 @@
 The one place that turns network outputs into the public result shape used by the CLI, the API and the UI::
 
     {"label": "ї", "is_uppercase": true, "case_probability": 0.93,
-     "top": [{"label": "ї", "probability": 0.91}, … 5 entries], "model_version": "3"}
+     "top": [{"label": "ї", "probability": 0.91}, … 5 entries], "model_version": "3", "mode": "any"}
 
 ``label`` is the lowercase symbol; ``is_uppercase`` / ``case_probability`` are ``null`` for digits.
+
+``mode`` is the restriction the answer was read under (:func:`restrict`): ``"any"`` (all 43 symbols, the default),
+``"letters"`` or ``"digits"``. «З»/«3», «О»/«0» and «Ь»/«6» are one drawing, so a caller that knows which kind of
+symbol it expects says so; the excluded classes are zeroed and the rest renormalised, so ``label``, ``top`` and the
+probabilities are over the allowed symbols only. It is post-processing of the model's probabilities (no other
+model); the case output is as without it.
 
 A model is loaded from the registry (``models:/ukr-hw@champion`` by default) by downloading its two artifacts,
 ``config.json`` (the :class:`~ukr_hw.model.network.NetConfig`) and ``state_dict.pt`` (weights only), and
@@ -21,15 +27,18 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
-import torch
 
-from ukr_hw.labels import NUM_CLASSES, has_case, symbol_of
-from ukr_hw.model.network import Network, build_network
+from ukr_hw.labels import NUM_CLASSES, has_case, is_digit, symbol_of
 from ukr_hw.preprocess import VERSION as PREPROCESS_VERSION
 from ukr_hw.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # torch and the network are imported where used: the modes below need neither (UI, feedback)
+    import torch
+
+    from ukr_hw.model.network import Network
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,67 @@ CONFIG_FILE = "config.json"
 
 class ModelNotFoundError(RuntimeError):
     """No model under the requested URI (e.g. nothing registered as champion yet)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Restriction: letters only, digits only, or any symbol
+
+#: Which symbols an answer may name: every one, the 33 letters, or the 10 digits.
+Mode = Literal["any", "letters", "digits"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+DEFAULT_MODE: Mode = "any"
+_ALLOWED: dict[str, np.ndarray] = {
+    "any": np.ones(NUM_CLASSES, dtype=bool),
+    "letters": np.array([not is_digit(i) for i in range(NUM_CLASSES)]),
+    "digits": np.array([is_digit(i) for i in range(NUM_CLASSES)]),
+}
+
+
+class InvalidModeError(ValueError):
+    """A restriction other than the allowed :data:`MODES`; the message names them."""
+
+
+def parse_mode(mode: str | None) -> Mode:
+    """The canonical :data:`Mode` for ``mode``: ``None`` or ``""`` is ``"any"``; case and spaces do not matter.
+
+    Raises :class:`InvalidModeError` (a ``ValueError``) naming the allowed values for anything else.
+    """
+    if mode is None:
+        return DEFAULT_MODE
+    text = mode.strip().lower() if isinstance(mode, str) else None
+    if text == "":
+        return DEFAULT_MODE
+    if text not in MODES:
+        shown = repr(mode) if len(repr(mode)) <= 40 else repr(mode)[:37] + "..."
+        raise InvalidModeError(
+            f"unknown mode {shown}: use one of {', '.join(MODES)} "
+            "(letters: only the 33 letters, digits: only 0-9, any: every symbol)"
+        )
+    return text  # type: ignore[return-value]
+
+
+def restrict(probs: np.ndarray, mode: str | None = DEFAULT_MODE) -> np.ndarray:
+    """Symbol probabilities (43,) or (N, 43) restricted to what ``mode`` allows: the excluded classes are set to
+    0 and each row is renormalised to sum to 1 over the allowed ones (uniform over them when the model gave them
+    all 0). ``"any"`` returns the probabilities unchanged. Raises :class:`InvalidModeError` for an unknown mode.
+
+    The one place the restriction is made: :func:`format_result` applies it, so the Predictor, ``ukr-hw predict``,
+    the API's model service and (through the API) the UI all go through it.
+    """
+    mode = parse_mode(mode)
+    p = np.asarray(probs)
+    if p.shape[-1:] != (NUM_CLASSES,):
+        raise ValueError(f"expected {NUM_CLASSES} symbol probabilities per row, got shape {p.shape}")
+    if mode == "any":
+        return p
+    dtype = p.dtype if np.issubdtype(p.dtype, np.floating) else np.float64
+    mask = _ALLOWED[mode]
+    kept = np.where(mask, p.astype(np.float64), 0.0)
+    total = kept.sum(axis=-1, keepdims=True)
+    uniform = np.broadcast_to(mask / mask.sum(), kept.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(total > 0, kept / np.where(total > 0, total, 1.0), uniform)
+    return out.astype(dtype, copy=False)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -99,6 +169,10 @@ def load_net_from_files(config_path: Path | str, state_path: Path | str) -> Netw
 
     Warns when the model was trained on another preprocessing version than this code makes.
     """
+    import torch
+
+    from ukr_hw.model.network import build_network
+
     config = json.loads(Path(config_path).read_text())
     trained_on = int(config.get("preprocess_version", 1))  # models logged before the version was recorded: 1
     if trained_on != PREPROCESS_VERSION:
@@ -156,11 +230,16 @@ def _r(p: float) -> float:
     return round(float(p), DECIMALS)
 
 
-def format_result(probs: np.ndarray, case_prob: float, model_version: str | None) -> dict[str, Any]:
-    """The public result for one glyph from its symbol probabilities (43,) and P(uppercase)."""
+def format_result(
+    probs: np.ndarray, case_prob: float, model_version: str | None, mode: str | None = DEFAULT_MODE
+) -> dict[str, Any]:
+    """The public result for one glyph from its symbol probabilities (43,) and P(uppercase), read under ``mode``
+    (:func:`restrict`: label, top-k and probabilities over the allowed symbols only; the mode is reported)."""
+    mode = parse_mode(mode)
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     if probs.shape[0] != NUM_CLASSES:
         raise ValueError(f"expected {NUM_CLASSES} symbol probabilities, got {probs.shape[0]}")
+    probs = restrict(probs, mode)
     order = np.argsort(-probs, kind="stable")[:TOP_K]
     best = int(order[0])
     label = symbol_of(best)
@@ -171,6 +250,7 @@ def format_result(probs: np.ndarray, case_prob: float, model_version: str | None
         "case_probability": _r(case_prob) if cased else None,
         "top": [{"label": symbol_of(int(i)), "probability": _r(probs[i])} for i in order],
         "model_version": None if model_version is None else str(model_version),
+        "mode": mode,
     }
 
 
@@ -198,6 +278,8 @@ class Predictor:
 
     def predict_arrays(self, x: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``x`` (N,28,28) float in [0,1] (uint8 0-255 accepted), ``ink`` (N,2) → ``(probs (N,43), P(upper) (N,))``."""
+        import torch
+
         x = np.asarray(x)
         if x.dtype == np.uint8:
             x = x.astype(np.float32) / 255.0
@@ -216,20 +298,22 @@ class Predictor:
                 case[start : start + len(xb)] = torch.sigmoid(case_logit.float()).numpy()
         return probs, case
 
-    def predict_glyphs(self, glyphs: Sequence[Any]) -> list[dict[str, Any]]:
-        """Results for preprocessed :class:`~ukr_hw.preprocess.Glyph` objects."""
+    def predict_glyphs(self, glyphs: Sequence[Any], mode: str | None = DEFAULT_MODE) -> list[dict[str, Any]]:
+        """Results for preprocessed :class:`~ukr_hw.preprocess.Glyph` objects, read under ``mode``."""
+        mode = parse_mode(mode)
         if not glyphs:
             return []
         x = np.stack([g.pixels for g in glyphs]).astype(np.float32)
         ink = np.stack([g.features for g in glyphs]).astype(np.float32)
         probs, case = self.predict_arrays(x, ink)
-        return [format_result(p, float(c), self.model_version) for p, c in zip(probs, case, strict=True)]
+        return [format_result(p, float(c), self.model_version, mode) for p, c in zip(probs, case, strict=True)]
 
-    def predict_sources(self, sources: Sequence[Any]) -> list[dict[str, Any]]:
+    def predict_sources(self, sources: Sequence[Any], mode: str | None = DEFAULT_MODE) -> list[dict[str, Any]]:
         """Preprocess (the one path) and predict images given as paths, bytes, PIL images, arrays or dicts."""
         from ukr_hw.preprocess import preprocess
 
-        return self.predict_glyphs([preprocess(s) for s in sources])
+        mode = parse_mode(mode)
+        return self.predict_glyphs([preprocess(s) for s in sources], mode)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -266,12 +350,15 @@ def predict_paths(
     predictor: Predictor | None = None,
     workers: int | None = None,
     settings: Settings | None = None,
+    mode: str | None = DEFAULT_MODE,
 ) -> Iterator[dict[str, Any]]:
     """Classify image files in input order: ``{"path", **result}`` or ``{"path", "error"}`` for a bad file.
 
-    The model is loaded once; files are preprocessed in chunks (in a process pool when there are many) and
-    predicted in batches of ``batch_size``.
+    ``mode`` restricts the answers (:func:`restrict`); an unknown one raises :class:`InvalidModeError` before any
+    work (when the iteration starts). The model is loaded once; files are preprocessed in chunks (in a process pool
+    when there are many) and predicted in batches of ``batch_size``.
     """
+    mode = parse_mode(mode)
     items = [str(p) for p in paths]
     if not items:
         return
@@ -288,7 +375,7 @@ def predict_paths(
             ink = np.stack([prepped[i][1] for i in good])  # type: ignore[index]
             probs, case = pred.predict_arrays(x, ink)
             for j, i in enumerate(good):
-                results[i] = format_result(probs[j], float(case[j]), pred.model_version)
+                results[i] = format_result(probs[j], float(case[j]), pred.model_version, mode)
         for i, path in enumerate(batch):
             r = prepped[i]
             yield {"path": path, "error": r} if isinstance(r, str) else {"path": path, **results[i]}

@@ -10,6 +10,11 @@
   ``settings.serve_max_batch_size`` glyphs within ``settings.serve_max_latency_ms``). Each API worker first coalesces
   its own concurrent requests into one call (:class:`Coalescer`): under load one HTTP hop per batch, not per image.
 
+Letters only / digits only: ``/classify`` and ``/classify_batch`` take an optional text form field ``mode``
+(``any``, the default, ``letters`` or ``digits``). Each input row carries its request's mode in one extra column,
+so rows of every mode share the same batches; the model service applies :func:`ukr_hw.inference.restrict` to each
+row's probabilities right after the forward pass, and the answer says which mode it was read under.
+
 Which model: the BentoML model ``ukr-hw:<tag>`` (env ``UKR_HW_BENTO_MODEL``, default ``ukr-hw:latest``) is a class
 attribute, so ``bentoml build`` packs it into the Bento; ``ukr-hw serve`` imports the registry's champion
 (``models:/ukr-hw@champion``) with ``bentoml.mlflow.import_model`` first (label ``mlflow_version``). That packed
@@ -21,7 +26,7 @@ finish on the model they started with. An unreachable registry leaves the curren
 log, gauge ``ukr_hw_registry_reachable`` 0, counter ``ukr_hw_reload_failures_total``).
 
 Bad input never gives a 5xx: ``{"error": "..."}`` with 400 (not an image, truncated, wrong field, too many
-images), 413 (too large in bytes or pixels), 415 (unsupported format) or 422 (blank canvas: no ink).
+images, an unknown mode), 413 (too large in bytes or pixels), 415 (unsupported format) or 422 (blank canvas: no ink).
 """
 
 from __future__ import annotations
@@ -35,16 +40,17 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import bentoml
 import numpy as np
 import pandas  # noqa: F401  # BentoML's batch dispatcher imports pandas lazily; concurrent first batches raced
 from _bentoml_sdk.validators import FileSchema  # BentoML's own file field (kept under Optional)
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from starlette.responses import JSONResponse
 
 from services.bento import bentoml_fixes
+from ukr_hw.inference import DEFAULT_MODE, MODES, InvalidModeError, Mode, parse_mode  # light: no torch, no mlflow
 from ukr_hw.settings import get_settings
 
 bentoml_fixes.apply()  # BentoML 1.4.39's inter-service client fails requests in flight under load (see the module)
@@ -57,7 +63,8 @@ log = logging.getLogger("ukr_hw.serve")
 SETTINGS = get_settings()
 BENTO_MODEL_TAG = os.environ.get("UKR_HW_BENTO_MODEL", "ukr-hw:latest")
 ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP"}
-FEATURES = 28 * 28 + 2  #: one model input row: 784 pixels then the ink box [height, width]
+FEATURES = 28 * 28 + 2  #: one glyph's features: 784 pixels then the ink box [height, width]
+ROW = FEATURES + 1  #: one model input row: the features, then the request's mode (its index in MODES)
 
 
 def _guard_pixels() -> None:
@@ -129,8 +136,11 @@ class ClassifyResult(BaseModel):
     label: str = Field(description="the recognised symbol, lowercase: '0'-'9' or а … я")
     is_uppercase: bool | None = Field(description="true/false for letters, null for digits")
     case_probability: float | None = Field(description="P(uppercase) for letters, null for digits")
-    top: list[TopEntry] = Field(description="the 5 most likely symbols with probabilities")
+    top: list[TopEntry] = Field(description="the 5 most likely symbols (of those the mode allows) with probabilities")
     model_version: str | None = Field(description="registry version of the model that answered")
+    mode: Mode = Field(
+        description="the restriction the answer was read under: any (every symbol), letters or digits only"
+    )
 
 
 class ModelInfo(BaseModel):
@@ -248,13 +258,16 @@ class UkrHwModel:
         max_latency_ms=SETTINGS.serve_max_latency_ms,
     )
     def predict(self, rows: np.ndarray) -> list[dict[str, Any]]:
-        """``rows`` (N, 786) float32: 28×28 pixels then ink [height, width] → one result dict per row."""
+        """``rows`` (N, 787) float32: 28×28 pixels, ink [height, width], then the mode's index in ``MODES`` → one
+        result dict per row, its probabilities restricted to what the row's mode allows (rows of any modes mix)."""
         from ukr_hw.inference import format_result
 
         predictor = self.predictor  # one model for the whole batch, even if a reload swaps meanwhile
-        rows = np.asarray(rows, dtype=np.float32).reshape(-1, FEATURES)
-        probs, case = predictor.predict_arrays(rows[:, :784].reshape(-1, 28, 28), rows[:, 784:])
-        return [format_result(p, float(c), predictor.model_version) for p, c in zip(probs, case, strict=True)]
+        rows = np.asarray(rows, dtype=np.float32).reshape(-1, ROW)
+        probs, case = predictor.predict_arrays(rows[:, :784].reshape(-1, 28, 28), rows[:, 784:FEATURES])
+        modes = [MODES[int(m)] for m in rows[:, FEATURES]]
+        version = predictor.model_version
+        return [format_result(p, float(c), version, m) for p, c, m in zip(probs, case, modes, strict=True)]
 
     @bentoml.api
     def info(self) -> dict[str, Any]:
@@ -326,8 +339,18 @@ def _check_image(path: Path, name: str) -> bytes:
     return data
 
 
-def _prepare(path: Path | None, name: str) -> np.ndarray:
-    """Validated upload → one model input row (786,) via THE preprocessing path."""
+def _mode(value: str | None) -> Mode:
+    """The request's ``mode`` form field, checked: a clear 400 naming the allowed values for anything else."""
+    try:
+        return parse_mode(value)
+    except InvalidModeError as exc:
+        raise BadInput(
+            400, f"{exc}; send it as multipart/form-data text field 'mode' (e.g. -F mode=letters).", "bad_mode"
+        ) from exc
+
+
+def _prepare(path: Path | None, name: str, mode: Mode = DEFAULT_MODE) -> np.ndarray:
+    """Validated upload → one model input row (787,) via THE preprocessing path, the mode in its last column."""
     from PIL import Image
 
     from ukr_hw.preprocess import EmptyImageError, PreprocessError, preprocess
@@ -346,9 +369,10 @@ def _prepare(path: Path | None, name: str) -> np.ndarray:
         raise BadInput(422, f"{name}: {exc}", "empty") from exc
     except (PreprocessError, Image.DecompressionBombError) as exc:
         raise BadInput(400, f"{name}: {exc}", "not_image") from exc
-    row = np.empty((FEATURES,), dtype=np.float32)
+    row = np.empty((ROW,), dtype=np.float32)
     row[:784] = glyph.pixels.reshape(-1)
-    row[784:] = glyph.features
+    row[784:FEATURES] = glyph.features
+    row[FEATURES] = MODES.index(mode)
     return row
 
 
@@ -359,6 +383,7 @@ def _error(ctx: bentoml.Context, exc: BadInput) -> JSONResponse:
 
 
 _FILE_FIELDS = {"/classify": b"image", "/classify_batch": b"images"}
+_TEXT_FIELDS = {b"mode"}  #: form fields that the upload routes take as text, next to the file(s)
 _DISPOSITION = re.compile(rb"content-disposition:[^\r\n]*", re.IGNORECASE)
 _NAME = re.compile(rb'\bname="([^"]*)"')
 
@@ -434,7 +459,11 @@ class UploadGuard:
                 if name is None:
                     continue
                 problem = None
-                if name.group(1) != field:
+                if name.group(1) in _TEXT_FIELDS:
+                    if b"filename=" in m.group(0):
+                        got = name.group(1).decode()
+                        problem = f"field '{got}' must be a text value, not a file: e.g. -F {got}=letters."
+                elif name.group(1) != field:
                     got = name.group(1).decode("utf-8", "replace")[:50]
                     problem = f"unexpected form field '{got}': send the image(s) in field '{field.decode()}'."
                 elif b"filename=" not in m.group(0):
@@ -516,6 +545,23 @@ FileSchema.__hash__ = object.__hash__  # type: ignore[method-assign]
 UploadedFile = Optional[Path]  # noqa: UP045 - typing.Optional: BentoML patches typing.Union, not X | None
 
 
+def _as_text(value: Any) -> Any:
+    """BentoML JSON-decodes every text form value (``mode=1`` arrives as the int 1, ``mode=true`` as True): keep
+    it text, so that the endpoint, not pydantic, answers with the allowed values."""
+    return value if value is None or isinstance(value, str) else repr(value)
+
+
+#: The optional restriction field of the upload routes (text next to the file; absent or empty: any).
+ModeField = Annotated[
+    Optional[Annotated[str, Field(json_schema_extra={"enum": list(MODES)})]],  # noqa: UP045 (as above)
+    BeforeValidator(_as_text),
+    Field(
+        description="which symbols the answer may name: 'any' (default: all 43), 'letters' (only the 33 letters) "
+        "or 'digits' (only 0-9). З/3, О/0 and Ь/6 are one drawing: say which you mean."
+    ),
+]
+
+
 @bentoml.service(
     name="ukr-hw-api",
     workers=SETTINGS.serve_workers,
@@ -536,24 +582,28 @@ class UkrHwApi:
         _warm_up_preprocessing()
         _freeze_heap()
 
-    async def _rows(self, paths: list[tuple[Path | None, str]]) -> np.ndarray:
+    async def _rows(self, paths: list[tuple[Path | None, str]], mode: Mode) -> np.ndarray:
         import anyio
 
-        rows = [await anyio.to_thread.run_sync(_prepare, p, n, limiter=self._limiter) for p, n in paths]
+        rows = [await anyio.to_thread.run_sync(_prepare, p, n, mode, limiter=self._limiter) for p, n in paths]
         return np.stack(rows)
 
     @bentoml.api(route="/classify")
-    async def classify(self, ctx: bentoml.Context, image: UploadedFile = None) -> ClassifyResult:
+    async def classify(
+        self, ctx: bentoml.Context, image: UploadedFile = None, mode: ModeField = None
+    ) -> ClassifyResult:
         """Classify one drawing or scan.
 
         Send multipart/form-data with the file in field ``image`` (PNG, JPEG or WebP; an RGBA canvas with
-        transparent background or a scan with dark ink on light paper). Returns the symbol (lowercase), whether
-        it is uppercase (null for digits), the top 5 symbols and the model version that answered.
-        Errors: ``{"error": "..."}`` with 400 (not an image / truncated / no file), 413 (over
+        transparent background or a scan with dark ink on light paper) and optionally the text field ``mode``:
+        ``letters`` or ``digits`` restricts the answer to those symbols (top 5 and probabilities over them only),
+        ``any`` (the default) allows all 43. Returns the symbol (lowercase), whether it is uppercase (null for
+        digits), the top 5 symbols, the model version that answered and the mode applied.
+        Errors: ``{"error": "..."}`` with 400 (not an image / truncated / no file / unknown mode), 413 (over
         settings.max_upload_bytes or max_image_side), 415 (other formats), 422 (blank canvas: no ink).
         """
         try:
-            rows = await self._rows([(image, "image")])
+            rows = await self._rows([(image, "image")], _mode(mode))
         except BadInput as exc:
             return _error(ctx, exc)  # type: ignore[return-value]
         results = await self._predict(rows)
@@ -564,14 +614,17 @@ class UkrHwApi:
         self,
         ctx: bentoml.Context,
         images: Optional[list[Path]] = None,  # noqa: UP045
+        mode: ModeField = None,
     ) -> list[ClassifyResult]:
         """Classify several images in one request.
 
         Send multipart/form-data with every file in the repeated field ``images`` (at most
-        settings.max_batch_images). Returns one result per image, in the order sent. Any bad image fails the
-        whole request with ``{"error": "image N: ..."}`` naming it (400/413/415/422 as for /classify).
+        settings.max_batch_images) and optionally the text field ``mode`` (``any``, ``letters`` or ``digits``,
+        for every image; as for /classify). Returns one result per image, in the order sent. Any bad image fails
+        the whole request with ``{"error": "image N: ..."}`` naming it (400/413/415/422 as for /classify).
         """
         try:
+            applied = _mode(mode)
             if not images:
                 raise BadInput(
                     400,
@@ -586,7 +639,7 @@ class UkrHwApi:
                     "split them over several requests.",
                     "too_many",
                 )
-            rows = await self._rows([(p, f"image {i}") for i, p in enumerate(images)])
+            rows = await self._rows([(p, f"image {i}") for i, p in enumerate(images)], applied)
         except BadInput as exc:
             return _error(ctx, exc)  # type: ignore[return-value]
         return [ClassifyResult.model_validate(r) for r in await self._predict(rows)]

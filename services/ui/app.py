@@ -22,6 +22,7 @@ from ukr_hw import labels
 from ukr_hw.api_client import ApiClient, ApiError, ApiUnreachableError
 from ukr_hw.data.strokes import BASELINE, CAP_HEIGHT, X_HEIGHT
 from ukr_hw.feedback import FeedbackStore, InvalidSample, StoreUnavailable, sketch_to_png
+from ukr_hw.inference import DEFAULT_MODE, InvalidModeError, parse_mode
 from ukr_hw.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ PAPER = (253, 253, 250)  #: the sheet under the strokes, in both themes (the bru
 #: Local fonts with clear Cyrillic (no web-font download; print-style т/д/и, not the cursive forms).
 SYSTEM_FONTS = ["system-ui", "Noto Sans", "DejaVu Sans", "Liberation Sans", "Arial", "sans-serif"]
 LOWER, UPPER = "lower", "upper"
+#: The restriction choice: (shown, value); the values are ukr_hw.inference.MODES, the default is Any.
+MODE_CHOICES = [("Letters", "letters"), ("Digits", "digits"), ("Any", "any")]
+MODE_NOTE = {"letters": "letters only", "digits": "digits only"}
 EMPTY_CANVAS = "Draw a letter first: the canvas is empty."
 
 CSS = """
@@ -155,7 +159,8 @@ def _result_html(result: dict[str, Any] | None, note: str = "") -> str:
         cp = result.get("case_probability")
         sure = f" · {max(cp, 1 - cp):.0%}" if isinstance(cp, int | float) else ""
         case = f'<div class="case">{"UPPERCASE" if upper else "lowercase"}{sure}</div>'
-    meta = f"confidence {prob:.0%} · " if isinstance(prob, int | float) else ""
+    meta = f"{MODE_NOTE[result['mode']]} · " if result.get("mode") in MODE_NOTE else ""
+    meta += f"confidence {prob:.0%} · " if isinstance(prob, int | float) else ""
     meta += f"model v{html.escape(str(result.get('model_version', '?')))}"
     return (
         f'<div class="ukr-result"><div class="glyph">{html.escape(shown)}</div>{case}'
@@ -197,14 +202,21 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
         log.warning("feedback store not reachable at start (%s); samples are spooled until it is back", exc)
     no_upper = missing_uppercase(settings)
 
-    def classify(sketch: dict[str, Any] | None) -> tuple[bytes, dict[str, Any]]:
+    def _mode(mode: str | None) -> str:
+        try:
+            return parse_mode(mode)
+        except InvalidModeError as exc:
+            raise gr.Error(str(exc), title="Letters, digits or any?") from exc
+
+    def classify(sketch: dict[str, Any] | None, mode: str) -> tuple[bytes, dict[str, Any]]:
         try:
             png = sketch_to_png(sketch)
         except InvalidSample as exc:
             raise gr.Error(EMPTY_CANVAS, title="Nothing to read") from exc
         try:
             with ApiClient(api_url, timeout=20) as client:
-                return png, client.classify(png)
+                # the field only when it restricts: "any" is the API's default (and an older API knows no field)
+                return png, client.classify(png, mode=None if mode == DEFAULT_MODE else mode)
         except ApiUnreachableError as exc:
             raise gr.Error(
                 f"The recognition service is not reachable at {api_url}. Start it with `ukr-hw serve` "
@@ -216,10 +228,13 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
                 f"The recognition service refused the drawing: {exc.message}", title="Not recognised"
             ) from exc
 
-    def predict(sketch: dict[str, Any] | None, state: dict[str, Any] | None):
-        """Recognise the drawing: the symbol, its case and the top-3 candidates."""
+    def predict(sketch: dict[str, Any] | None, mode: str | None = DEFAULT_MODE, state: dict[str, Any] | None = None):
+        """Recognise the drawing: the symbol, its case and the top-3 candidates, among the symbols ``mode`` allows
+        (any, letters or digits)."""
         state = _session(state)
-        _, result = classify(sketch)
+        mode = _mode(mode)
+        _, result = classify(sketch, mode)
+        result.setdefault("mode", mode)  # an older API, asked nothing, answers without it
         state["last"] = result
         upper = result.get("is_uppercase")
         return (
@@ -238,7 +253,7 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
         except InvalidSample as exc:
             raise gr.Error(EMPTY_CANVAS, title="Nothing to save") from exc
 
-    def _store(png: bytes, symbol: str, is_uppercase: bool | None, state: dict[str, Any], verb: str):
+    def _store(png: bytes, symbol: str, is_uppercase: bool | None, mode: str, state: dict[str, Any], verb: str):
         last = state.get("last") or {}
         try:
             store.save(
@@ -249,6 +264,8 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
                 predicted_is_uppercase=last.get("is_uppercase"),
                 model_version=last.get("model_version"),
                 client_id=state["client_id"],
+                # the restriction the prediction was read under; the chosen one when nothing was recognised
+                mode=last.get("mode") or mode,
             )
         except InvalidSample as exc:
             raise gr.Error(f"This drawing cannot be saved: {exc}", title="Not saved") from exc
@@ -269,19 +286,29 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
             state,
         )
 
-    def confirm(sketch: dict[str, Any] | None, state: dict[str, Any] | None):
-        """The prediction was right: store the drawing with the predicted symbol and case."""
+    def confirm(sketch: dict[str, Any] | None, mode: str | None = DEFAULT_MODE, state: dict[str, Any] | None = None):
+        """The prediction was right: store the drawing with the predicted symbol and case (and the mode it was
+        recognised under)."""
         state = _session(state)
+        mode = _mode(mode)
         png = _drawing(sketch)
         last = state.get("last")
         if not last:
             raise gr.Error("Press Recognise first, then confirm or correct the answer.", title="Nothing to confirm")
         upper = last.get("is_uppercase") if labels.has_case(last["label"]) else None
-        return _store(png, last["label"], upper, state, "Saved")
+        return _store(png, last["label"], upper, mode, state, "Saved")
 
-    def correct(sketch: dict[str, Any] | None, symbol: str | None, case: str | None, state: dict[str, Any] | None):
-        """The prediction was wrong: store the drawing with the symbol (and case) the user picked."""
+    def correct(
+        sketch: dict[str, Any] | None,
+        symbol: str | None,
+        case: str | None,
+        mode: str | None = DEFAULT_MODE,
+        state: dict[str, Any] | None = None,
+    ):
+        """The prediction was wrong: store the drawing with the symbol (and case) the user picked (and the mode the
+        prediction was made under)."""
         state = _session(state)
+        mode = _mode(mode)
         png = _drawing(sketch)
         if not symbol:
             raise gr.Error("Pick the symbol you drew from the grid.", title="Which symbol?")
@@ -295,7 +322,14 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
             upper = case == UPPER
         else:
             raise gr.Error(f"Say whether your “{symbol}” is UPPERCASE or lowercase.", title="Which case?")
-        return _store(png, symbol, upper, state, "Saved the correction")
+        return _store(png, symbol, upper, mode, state, "Saved the correction")
+
+    def on_mode(sketch: dict[str, Any] | None, mode: str | None, state: dict[str, Any] | None):
+        """Another restriction picked after a recognition: read the same drawing again under it."""
+        state = _session(state)
+        if not state.get("last"):  # nothing recognised yet (or just saved): the choice applies to the next one
+            return (*(gr.skip() for _ in range(5)), state)
+        return predict(sketch, mode, state)
 
     def on_symbol(symbol: str | None, case: str | None):
         show = bool(symbol) and labels.has_case(symbol)
@@ -335,6 +369,13 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
                         elem_id="ukr-canvas",
                         height=600,
                     )
+                    mode = gr.Radio(
+                        MODE_CHOICES,
+                        value=DEFAULT_MODE,
+                        label="Read it as",
+                        info="З and 3, О and 0, Ь and 6 are one drawing: say which kind you mean.",
+                        elem_id="ukr-mode",
+                    )
                     with gr.Row():
                         recognise = gr.Button("🔍 Recognise", variant="primary", size="lg", elem_id="ukr-recognise")
                         clear = gr.Button("Clear", size="lg", elem_id="ukr-clear")
@@ -363,10 +404,12 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
         # overlay: Gradio leaves an ImageEditor's overlay up after the event ends, and strokes drawn under it are
         # lost (the next drawing reads as an empty canvas). The progress shows on the result panel instead.
         saved_outputs = [sketch, result, top3, symbol, case, feedback, count, state]
-        recognise.click(predict, [sketch, state], [result, top3, symbol, case, feedback, state], api_name="predict")
+        predicted_outputs = [result, top3, symbol, case, feedback, state]
+        recognise.click(predict, [sketch, mode, state], predicted_outputs, api_name="predict")
+        mode.input(on_mode, [sketch, mode, state], predicted_outputs, api_visibility="private")
         for button, handler, inputs, name in (
-            (yes, confirm, [sketch, state], "confirm"),
-            (fix, correct, [sketch, symbol, case, state], "correct"),
+            (yes, confirm, [sketch, mode, state], "confirm"),
+            (fix, correct, [sketch, symbol, case, mode, state], "correct"),
         ):
             button.click(handler, inputs, saved_outputs, api_name=name, show_progress_on=[result]).success(
                 None, js=SELECT_BRUSH_JS, api_visibility="private"
@@ -396,8 +439,9 @@ def _about_text(no_upper: list[str], store: str, api_url: str) -> str:
   **Prefect** runs the data and training flows, **MLflow** tracks the runs and keeps the registry (the
   `champion` alias is what you are talking to), **BentoML** serves it.
 * Every drawing you confirm or correct here is stored as a PNG with a small JSON record (the symbol, the case,
-  what the model said, the model version, a random per-session id — **no personal data**), and the weekly
-  retrain flow learns from them. A new model replaces the champion only if it reads better.
+  what the model said and whether you asked for letters or digits, the model version, a random per-session id —
+  **no personal data**), and the weekly retrain flow learns from them. A new model replaces the champion only if
+  it reads better.
 
 ### Please draw these capitals
 The training data has **no uppercase** samples for: {letters}.
@@ -407,6 +451,9 @@ The model has to guess their capitals from the lowercase shapes — every capita
 * Draw one symbol per canvas, standing on the solid line. Capitals and digits reach the top line, lowercase the
   dashed one: for letters whose two cases have one shape (о/О, с/С, к/К …) size is all the model can go by.
 * Look-alikes are hard: **г/ґ**, **і/ї**, **е/є**, **и/й**, **ш/щ**, **о/0**, **з/3** — draw the marks clearly.
+* **З** and **3**, **О** and **0**, **Ь** and **6** are the same drawing: choose *Letters* or *Digits* under the
+  canvas and the model picks among those only (*Any*, the default, reads all 43). Your choice is saved with
+  the drawing.
 
 <sub>Recognition service: `{api_url}` · feedback store: `{store}`</sub>
 """
