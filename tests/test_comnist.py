@@ -1,4 +1,4 @@
-"""CoMNIST: ingest (mirror, download, checksums), label mapping, drawing sessions, writer-disjoint splits, case masked."""
+"""CoMNIST: ingest (mirror, download, checksums), labels, drawing sessions, writer-disjoint splits, case masked."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def test_broken_or_missing_file_is_named(small_mirror, tmp_path: Path) -> None:
     rel = sorted(manifest)[4]
     bad = src / "comnist" / rel
     bad.write_bytes(bad.read_bytes()[:-10])  # truncated
-    with pytest.raises(comnist.ComnistError, match=rf"{rel} in the mirror .* is corrupt .*expected {manifest[rel][:12]}"):
+    expected = manifest[rel][:12]
+    with pytest.raises(comnist.ComnistError, match=rf"{rel} in the mirror .* is corrupt .*expected {expected}"):
         comnist.ingest(settings, manifest)
     assert not (settings.raw_dir / "comnist" / rel).exists()  # never copied
     bad.unlink()
