@@ -69,6 +69,8 @@ API_REPLICAS=1
 UKR_HW_RELOAD_INTERVAL_S=30
 # the work pool whose weekly retrain schedule is active: ukr-hw-process, ukr-hw-docker or ukr-hw-kubernetes
 RETRAIN_POOL=ukr-hw-process
+# a webhook (Slack, Teams, any URL taking a POST) told when the weekly retrain fails; empty: no alert
+ALERT_WEBHOOK_URL=
 # tag of the images built here (ukr-hw, ukr-hw-mlflow)
 APP_IMAGE_TAG=0.1.0
 # host ports of the operator's UIs, only with deploy/compose.ops.yml (always on 127.0.0.1)

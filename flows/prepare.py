@@ -5,6 +5,11 @@ Thin by design: every task is one call into :mod:`ukr_hw.data.steps`. The two da
 rendering run concurrently. Warm runs are fast twice over: the expensive steps skip their work when their outputs
 exist and their input digest is unchanged (stamps, robust to deleted caches), and the Rukopys table check is
 cached by Prefect on the table's content (``cache_key_fn`` + persisted result).
+
+Operations: the flow holds the data lock (:func:`ukr_hw.bootstrap.data_lock`) while it writes ``data/processed``,
+so a train, retrain or tune waits for it; the network-bound tasks (the three ingests, the DVC push) retry a
+transient failure with back-off (:func:`ukr_hw.bootstrap.retry_if_transient`: a missing mirror or a wrong checksum
+fails at once) and have a timeout.
 """
 
 from __future__ import annotations
@@ -18,8 +23,17 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
+from ukr_hw.bootstrap import data_lock, retry_if_transient
 from ukr_hw.data import rukopys, steps, versioning
 from ukr_hw.settings import Settings, get_settings
+
+#: downloads (or mirror copies) of the raw sources: a dropped connection or a slow server is tried again
+INGEST = {
+    "retries": 3,
+    "retry_delay_seconds": [10, 60, 180],
+    "retry_condition_fn": retry_if_transient,
+    "timeout_seconds": 1800,
+}
 
 
 def _table_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -34,17 +48,17 @@ def _table_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return f"rukopys-clean-{h.hexdigest()}"
 
 
-@task(name="ingest-rukopys", cache_policy=NO_CACHE)
+@task(name="ingest-rukopys", cache_policy=NO_CACHE, **INGEST)
 def ingest_rukopys(settings: Settings) -> str:
     return steps.ingest_rukopys(settings)
 
 
-@task(name="ingest-mnist", cache_policy=NO_CACHE)
+@task(name="ingest-mnist", cache_policy=NO_CACHE, **INGEST)
 def ingest_mnist(settings: Settings) -> str:
     return steps.ingest_mnist(settings)
 
 
-@task(name="ingest-comnist", cache_policy=NO_CACHE)
+@task(name="ingest-comnist", cache_policy=NO_CACHE, **INGEST)
 def ingest_comnist(settings: Settings) -> str | None:
     return steps.ingest_comnist(settings)
 
@@ -91,7 +105,14 @@ def preview(settings: Settings) -> str:
     return steps.write_preview(settings)
 
 
-@task(name="dvc-version", cache_policy=NO_CACHE)
+@task(
+    name="dvc-version",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[30, 120],
+    retry_condition_fn=retry_if_transient,  # `dvc add` is idempotent; the push to the remote is the network part
+    timeout_seconds=3600,
+)
 def dvc_version(settings: Settings, push: bool) -> str:
     return versioning.version_data(settings, push=push)
 
@@ -106,21 +127,22 @@ def prepare(mnist_per_class: int | None = None, push: bool = True) -> dict[str, 
     """Build the prepared data in ``settings.processed_dir`` and version it with DVC; returns the summary."""
     overrides = {} if mnist_per_class is None else {"mnist_per_class": mnist_per_class}
     settings = get_settings(**overrides)
-    ruk_dir = ingest_rukopys.submit(settings)
-    mnist_dir = ingest_mnist.submit(settings)
-    comnist_dir = ingest_comnist.submit(settings)
-    fonts = font_glyphs.submit(settings)
-    drawings = stroke_glyphs.submit(settings)
-    ruk = glyph_prep.submit(clean_rukopys.submit(ruk_dir), settings)
-    digits = mnist_prep.submit(mnist_dir, settings)
-    drawings_comnist = comnist_prep.submit(comnist_dir, settings)
-    # .result() re-raises a failed branch's own error (a clear message), not a vague "upstream not ready"
-    ruk_info, mnist_info, comnist_info = ruk.result(), digits.result(), drawings_comnist.result()
-    sizes = merge_split(ruk_info, mnist_info, comnist_info, settings)
-    preview(settings)
-    n_synthetic, n_strokes = fonts.result(), drawings.result()
-    version = dvc_version(settings, push)
-    manifest(settings, version)
+    with data_lock(settings, "prepare"):
+        ruk_dir = ingest_rukopys.submit(settings)
+        mnist_dir = ingest_mnist.submit(settings)
+        comnist_dir = ingest_comnist.submit(settings)
+        fonts = font_glyphs.submit(settings)
+        drawings = stroke_glyphs.submit(settings)
+        ruk = glyph_prep.submit(clean_rukopys.submit(ruk_dir), settings)
+        digits = mnist_prep.submit(mnist_dir, settings)
+        drawings_comnist = comnist_prep.submit(comnist_dir, settings)
+        # .result() re-raises a failed branch's own error (a clear message), not a vague "upstream not ready"
+        ruk_info, mnist_info, comnist_info = ruk.result(), digits.result(), drawings_comnist.result()
+        sizes = merge_split(ruk_info, mnist_info, comnist_info, settings)
+        preview(settings)
+        n_synthetic, n_strokes = fonts.result(), drawings.result()
+        version = dvc_version(settings, push)
+        manifest(settings, version)
     return {
         "train": sizes["train"],
         "test": sizes["test"],

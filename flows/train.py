@@ -1,7 +1,10 @@
 """The train flow: pretrain on MNIST (cached) → fine-tune → evaluate → log, register and maybe promote.
 
 Thin: each task is one call into :mod:`ukr_hw.training` / :mod:`ukr_hw.tracking`. Everything happens inside one
-MLflow run, so per-epoch fine-tune metrics, the evaluation figures and the registered model sit together.
+MLflow run, so per-epoch fine-tune metrics, the evaluation figures and the registered model sit together. The
+flow holds the data lock (:func:`ukr_hw.bootstrap.data_lock`: no prepare or retrain rewrites ``data/processed``
+under it); registering retries a transient registry failure (a retry after a partial registration registers one
+more version, which the gate judges like any other).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ukr_hw import tracking, training
+from ukr_hw.bootstrap import data_lock, retry_if_transient
 from ukr_hw.data import versioning
 from ukr_hw.settings import Settings, get_settings
 
@@ -34,7 +38,14 @@ def evaluate_task(report: Any, settings: Settings) -> dict[str, str]:
     return {k: str(v) for k, v in training.save_reports(report, settings).items()}
 
 
-@task(name="register", cache_policy=NO_CACHE)
+@task(
+    name="register",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[30, 120],
+    retry_condition_fn=retry_if_transient,
+    timeout_seconds=1800,
+)
 def register_task(net: Any, report: Any, data_version: str | None, params: dict) -> tracking.Registration:
     return tracking.log_model_and_register(net, report=report, data_version=data_version, params=params)
 
@@ -44,15 +55,16 @@ def train(config_path: Path = Path("configs/train.yaml"), overrides: dict | None
     """Train from the YAML config (+ dotted overrides); returns version, promotion and the metrics."""
     settings = get_settings()
     config = training.load_config(config_path, overrides)
-    data_version = versioning.data_version(settings)
-    params = training.flat_params(config)
-    with tracking.start_run("train", data_version=data_version, tags={"flow": "train"}, settings=settings):
-        net, pre = pretrain_task(config, settings)
-        mlflow.log_metric("pretrain_mnist_test_accuracy", pre["mnist_test_accuracy"])
-        mlflow.set_tag("pretrain_cached", str(pre["cached"]))
-        net, report = finetune_task(config, settings, net, tracking.logger_factory(settings))
-        reports = evaluate_task(report, settings)
-        reg = register_task(net, report, data_version, params)
+    with data_lock(settings, "train"):  # the data version is read under it too: no prepare moves it meanwhile
+        data_version = versioning.data_version(settings)
+        params = training.flat_params(config)
+        with tracking.start_run("train", data_version=data_version, tags={"flow": "train"}, settings=settings):
+            net, pre = pretrain_task(config, settings)
+            mlflow.log_metric("pretrain_mnist_test_accuracy", pre["mnist_test_accuracy"])
+            mlflow.set_tag("pretrain_cached", str(pre["cached"]))
+            net, report = finetune_task(config, settings, net, tracking.logger_factory(settings))
+            reports = evaluate_task(report, settings)
+            reg = register_task(net, report, data_version, params)
     print(f"test: {report.summary()}")
     print(f"model version {reg.version}: {reg.reason}")
     return {

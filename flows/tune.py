@@ -3,7 +3,9 @@
 Thin: the search space, the pruning callback and the best-params file live in :mod:`ukr_hw.tuning`; training is
 :func:`ukr_hw.training.finetune` from the (cached) MNIST-pretrained body. Trials are scored on the validation
 slice carved from the training data, never on the frozen test split: with ``repeats: N`` in the tune config, the
-mean over N fine-tunes with seeds ``seed`` … ``seed + N - 1``, each with its own slice.
+mean over N fine-tunes with seeds ``seed`` … ``seed + N - 1``, each with its own slice. The study holds the data
+lock (:func:`ukr_hw.bootstrap.data_lock`): every trial reads the same ``data/processed``, and a prepare or retrain
+waits for the study to end instead of changing the data under it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ukr_hw import tracking, training, tuning
+from ukr_hw.bootstrap import data_lock
 from ukr_hw.data import versioning
 from ukr_hw.settings import Settings, get_settings
 
@@ -48,8 +51,15 @@ def tune(
     study = tuning.create_study(study_name, settings.resolved_optuna_storage(), tune_cfg)
     if not study.trials:  # a fresh study first scores the configured recipe: the figure the best trial must beat
         study.enqueue_trial(tuning.configured_params(base, tune_cfg["space"]), user_attrs={"configured": True})
-    data_version = versioning.data_version(settings)
-    with tracking.start_run(f"tune-{study_name}", data_version=data_version, tags={"flow": "tune"}, settings=settings):
+    with (
+        data_lock(settings, "tune"),  # entered first: the data version below is read under it
+        tracking.start_run(
+            f"tune-{study_name}",
+            data_version=versioning.data_version(settings),
+            tags={"flow": "tune"},
+            settings=settings,
+        ),
+    ):
         init, _ = pretrain_task(base, settings)
 
         def objective(trial: optuna.Trial) -> float:

@@ -219,3 +219,135 @@ def test_stack_cli_postgres_missing(tmp_path) -> None:
     }
     up = _cli(env, "up", "prefect")
     assert up.returncode == 1 and "PostgreSQL not reachable" in up.stderr
+
+
+# --- `ukr-hw stack up` bootstraps the stack (ukr_hw/bootstrap.py, the same steps as compose's one-shot service) ---
+
+
+def test_stack_cli_refuses_placeholders(tmp_path) -> None:
+    """.env.example copied for compose must not hand the native stack its placeholder secrets."""
+    env = {
+        "UKR_HW_STACK_DIR": str(tmp_path / "stack"),
+        "UKR_HW_S3_PORT": str(stack.free_port()),
+        "UKR_HW_ADMIN_TOKEN": "change-me-admin-token",
+        "MLFLOW_TRACKING_PASSWORD": "change-me-too",
+    }
+    up = _cli(env, "up", "s3")
+    assert up.returncode == 1
+    assert "UKR_HW_ADMIN_TOKEN is still the placeholder 'change-me-admin-token'" in up.stderr
+    assert "MLFLOW_TRACKING_PASSWORD is still the placeholder" in up.stderr
+    assert not (tmp_path / "stack" / "state.json").exists()  # nothing started
+
+
+def test_first_champion_decision() -> None:
+    from ukr_hw import bootstrap
+
+    assert bootstrap.first_champion_action("3", "worker") == "keep"  # a champion: never trains again
+    assert bootstrap.first_champion_action("3", "local") == "keep"
+    assert bootstrap.first_champion_action(None, "worker") == "train-worker"  # none: `ukr-hw stack up` trains
+    assert bootstrap.first_champion_action(None, "local") == "train-local"
+    assert bootstrap.first_champion_action(None, "none") == "report"
+    assert bootstrap.first_champion_action(None, "worker", worker=False) == "report"  # no worker to run it
+    with pytest.raises(bootstrap.BootstrapError, match="unknown training mode"):
+        bootstrap.first_champion_action(None, "always")
+
+
+class _Webhook:
+    """A webhook receiver on loopback: what a Slack-style notification block posts to."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.bodies: list[bytes] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                outer.bodies.append(self.rfile.read(int(self.headers.get("content-length", 0))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, timeout: float) -> list[bytes]:
+        deadline = time.monotonic() + timeout
+        while not self.bodies and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.bodies
+
+
+def test_stack_up_bootstraps_deployments_schedule_limit_and_failure_alert(tmp_path, pg_admin_url: str) -> None:
+    """`ukr-hw stack up` registers prefect.yaml's deployments on its Prefect server with the weekly retrain
+    scheduled on the process pool only, the data concurrency limit and the failure automation, and with no
+    champion says so (training mode none here: the decision to train is tested above, a real first training is
+    the pipeline's own test)."""
+    import json
+
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Failed
+
+    from ukr_hw import bootstrap
+
+    hook = _Webhook()
+    tag = uuid.uuid4().hex[:8]
+    ports = stack.free_ports(3)
+    env = {
+        "UKR_HW_STACK_DIR": str(tmp_path / "stack"),
+        "UKR_HW_S3_PORT": str(ports[0]),
+        "UKR_HW_MLFLOW_PORT": str(ports[1]),
+        "UKR_HW_PREFECT_PORT": str(ports[2]),
+        "UKR_HW_MLFLOW_DATABASE": f"ukrhw_test_boot_mlflow_{tag}",
+        "UKR_HW_PREFECT_DATABASE": f"ukrhw_test_boot_prefect_{tag}",
+        "UKR_HW_BOOTSTRAP_TRAIN": "none",
+        "UKR_HW_ALERT_WEBHOOK_URL": hook.url,
+    }
+    api_url = f"http://127.0.0.1:{ports[2]}/api"
+    spec = yaml.safe_load((stack.REPO / "prefect.yaml").read_text())
+    try:
+        up = _cli(env, "up", "prefect", "mlflow", timeout=600)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        out = up.stdout
+        assert out.index("prefect  up") < out.index("bootstrap: deployed 7 deployments")
+        assert "weekly retrain scheduled on retrain/weekly (pool ukr-hw-process)" in out
+        assert "no champion yet, and training mode none" in out and "bootstrap: done" in out
+
+        with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+            for name in bootstrap.deployment_names(spec):
+                assert client.read_deployment_by_name(name).entrypoint.startswith("flows/"), name
+            active = {
+                name: [s.active for s in client.read_deployment_schedules(client.read_deployment_by_name(name).id)]
+                for name in bootstrap.retrain_deployments(spec)
+            }
+            assert active == {
+                "retrain/weekly": [True],
+                "retrain/weekly-docker": [False],
+                "retrain/weekly-kubernetes": [False],
+            }
+            weekly = client.read_deployment_by_name("retrain/weekly")
+            assert weekly.work_pool_name == "ukr-hw-process"
+            limit = client.read_global_concurrency_limit_by_name(bootstrap.DATA_LIMIT)
+            assert (limit.limit, limit.active) == (1, True)
+            automations = client.read_automations_by_name(bootstrap.FAILURE_AUTOMATION)
+            assert len(automations) == 1 and automations[0].enabled
+
+            # the weekly run fails: the automation tells the webhook, naming the run and linking its logs
+            run = client.create_flow_run_from_deployment(weekly.id)
+            client.set_flow_run_state(run.id, Failed(message="retrain broke"), force=True)
+            bodies = hook.wait(90)
+        assert bodies, "no notification for the failed weekly run"
+        text = json.loads(bodies[0])["text"]
+        assert f"the retrain run {run.name} ended Failed" in text and "retrain broke" in text
+        assert f"/runs/flow-run/{run.id}" in text and "(deployment weekly)" in text
+    finally:
+        down = _cli(env, "down")
+        for db in (env["UKR_HW_MLFLOW_DATABASE"], env["UKR_HW_PREFECT_DATABASE"]):
+            stack.drop_database(db, pg_admin_url)
+    assert down.returncode == 0

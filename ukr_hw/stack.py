@@ -10,7 +10,12 @@ Building blocks (used by ``ukr-hw stack`` and by the test fixtures in ``tests/fi
 * :class:`PrefectServer` / :class:`PrefectWorker`, and the API / UI processes.
 
 ``main(action, services)`` is the ``ukr-hw stack up|down|status`` command: detached processes whose pids, ports and
-logs live in ``settings.stack_dir`` (``.stack/``: ``state.json``, ``logs/*.log``, ``env``).
+logs live in ``settings.stack_dir`` (``.stack/``: ``state.json``, ``logs/*.log``, ``env``). ``stack up`` refuses a
+setting that still holds a ``change-me`` placeholder, and once the Prefect server (and the worker) run, and before
+the API starts, it runs the same bootstrap as compose's one-shot service (:mod:`ukr_hw.bootstrap`): the work pools,
+``prefect deploy --all`` from ``prefect.yaml``, the weekly retrain's schedule, the data concurrency limit, the
+failure alert, and a first champion when there is none (``UKR_HW_BOOTSTRAP_TRAIN``: ``worker``, the default, runs
+``pipeline/default`` on the stack's worker; ``local`` runs ``ukr-hw pipeline`` here; ``none`` only reports).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ukr_hw import bootstrap as boot
 from ukr_hw.settings import Settings, get_settings
 
 LOOPBACK = "127.0.0.1"
@@ -812,12 +818,78 @@ class Stack:
             return proc
         raise StackError(f"unknown service {service!r}: choose from {', '.join(SERVICES)}")
 
-    def up(self, services: Sequence[str] = (), timeout: float = 300.0, echo: Callable[[str], None] = print) -> None:
-        """Start ``services`` (default: all) and what they need, skipping those already running."""
+    def check_placeholders(self) -> None:
+        """Refuse settings (and the Prefect, MLflow and AWS variables the services inherit) that still hold the
+        ``change-me`` placeholder of ``.env.example``; the message names each variable."""
+        problems = boot.settings_placeholder_problems(self.settings)
+        named = {p.split(" ", 1)[0] for p in problems}
+        environ = {
+            k: v for k, v in os.environ.items() if k.startswith(_INHERITED_PREFIXES) and k not in named
+        }  # the rest: e.g. MLFLOW_TRACKING_PASSWORD, AWS_SECRET_ACCESS_KEY, PREFECT_API_AUTH_STRING
+        problems += boot.placeholder_problems(environ)
+        if problems:
+            raise StackError("refusing to start:\n  " + "\n  ".join(problems))
+
+    def bootstrap(
+        self, train: str = "worker", services: Sequence[str] | None = None, timeout_s: float = 4 * 3600
+    ) -> dict[str, Any]:
+        """The compose bootstrap's steps against this stack (:func:`ukr_hw.bootstrap.run`): pools, deployments,
+        the weekly schedule on ``settings.prefect_work_pool``, the data limit, the failure alert, and a first
+        champion by ``train`` when the registry has none. ``services``: those running (default: all)."""
+        s = self.settings
+        state = self.read_state()
+        running = set(SERVICES if services is None else services) | {n for n in SERVICES if self.running(n, state)}
+        env = {
+            **os.environ,
+            **self.client_env(),
+            **prefect_env(self.prefect_api_url, self.dir / "prefect-home"),
+            "UKR_HW_IMAGE": os.environ.get("UKR_HW_IMAGE", "ukr-hw:0.1.0"),  # prefect.yaml's Docker/K8s pools
+        }
+        check_env = {k: v for k, v in env.items() if k.startswith(_INHERITED_PREFIXES)}
+        plan = boot.Plan(
+            train=train,
+            retrain_pool=s.prefect_work_pool,
+            train_timeout_s=timeout_s,
+            code_dir=s.code_dir or REPO,
+            mlflow_users=False,  # the native MLflow has no basic-auth app
+            worker="worker" in running,
+        )
+        try:
+            return boot.run(
+                env,
+                self.mlflow_url if "mlflow" in running else None,
+                model_name=s.model_name,
+                alias=s.champion_alias,
+                plan=plan,
+                check_env=check_env,
+            )
+        except boot.BootstrapError as exc:
+            raise StackError(f"bootstrap: {exc}") from exc
+
+    def up(
+        self,
+        services: Sequence[str] = (),
+        timeout: float = 300.0,
+        echo: Callable[[str], None] = print,
+        bootstrap: str | None = None,
+    ) -> None:
+        """Start ``services`` (default: all) and what they need, skipping those already running.
+
+        ``bootstrap``: a training mode of :data:`ukr_hw.bootstrap.TRAIN_MODES` runs :meth:`bootstrap` once the
+        Prefect server is up, before the API starts (``ukr-hw stack up`` does); None (the building block, as the
+        tests use it) does not.
+        """
+        self.check_placeholders()
         wanted = expand(services)
+        if bootstrap is not None and bootstrap not in boot.TRAIN_MODES:
+            raise StackError(f"UKR_HW_BOOTSTRAP_TRAIN is {bootstrap!r}: choose one of {', '.join(boot.TRAIN_MODES)}")
+        pending = bootstrap is not None and "prefect" in wanted
         self.write_env()
         state = self.read_state()
         for service in wanted:
+            if pending and service in ("api", "ui"):  # the API starts on the champion the bootstrap made
+                self.bootstrap(bootstrap, wanted)  # type: ignore[arg-type]
+                pending = False
             if self.running(service, state):
                 echo(f"{service:8} already running (pid {state[service]['pid']}) {self.url(service)}")
                 continue
@@ -835,6 +907,8 @@ class Stack:
             }
             self._write_state(state)
             echo(f"{service:8} up      (pid {pid}) {self.url(service)}")
+        if pending:
+            self.bootstrap(bootstrap, wanted)  # type: ignore[arg-type]
 
     def down(self, services: Sequence[str] = (), echo: Callable[[str], None] = print) -> None:
         """Stop ``services`` (default: all recorded), in reverse start order."""
@@ -885,6 +959,10 @@ def expand(services: Sequence[str]) -> list[str]:
     for name in services or SERVICES:
         add(name)
     return [s for s in SERVICES if s in wanted]
+
+
+#: variables the stack's processes inherit and read, checked for placeholders (besides the UKR_HW_ settings)
+_INHERITED_PREFIXES = ("UKR_HW_", "PREFECT_", "MLFLOW_", "AWS_")
 
 
 def _require_asyncpg() -> None:
@@ -950,13 +1028,17 @@ def _shell_quote(value: str) -> str:
     return shlex.quote(value)
 
 
-def main(action: str, services: Sequence[str] = (), settings: Settings | None = None) -> int:
-    """``ukr-hw stack up|down|status [SERVICES]``; returns the exit code."""
+def main(action: str, services: Sequence[str] = (), settings: Settings | None = None, train: str | None = None) -> int:
+    """``ukr-hw stack up|down|status [SERVICES]``; returns the exit code.
+
+    ``up`` bootstraps the stack (:meth:`Stack.bootstrap`) when it includes the Prefect server; ``train`` (default:
+    ``UKR_HW_BOOTSTRAP_TRAIN``, else ``worker``) says how a first champion is trained when there is none.
+    """
     stack = Stack(settings or get_settings())
     try:
         if action == "up":
             try:
-                stack.up(services)
+                stack.up(services, bootstrap=train or os.environ.get("UKR_HW_BOOTSTRAP_TRAIN") or "worker")
             finally:
                 env_path = stack.dir / "env"
                 if env_path.exists():

@@ -276,30 +276,69 @@ def input_example(n: int = 2) -> dict[str, np.ndarray]:
 
 
 def _pip_requirements() -> list[str]:
+    """Exactly what the logged pyfunc imports (``ukr_hw/model/pyfunc_model.py`` and the network code packaged
+    with it): mlflow, torch and numpy, at the versions it was logged with. ``torch`` without its local label
+    (``2.13.0``, not ``2.13.0+cpu``): a CPU or a CUDA build of that version both load the model."""
     import mlflow
+    import numpy
     import torch
 
-    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", "numpy", "pillow", "scipy"]
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"numpy=={numpy.__version__}",
+    ]
 
 
 def log_model(net: Any, name: str = MODEL_NAME_IN_RUN) -> Any:
-    """Log ``net`` into the active run as a pyfunc model from code (state_dict + config.json); returns ModelInfo."""
+    """Log ``net`` into the active run as a pyfunc model from code (state_dict + config.json); returns ModelInfo.
+
+    Portable: the code the pyfunc needs, ``ukr_hw/model/network.py`` and ``ukr_hw/labels.py``, goes with the model
+    (``code_paths``) as the package ``ukr_hw_portable`` (``PORTABLE_PACKAGE`` of the pyfunc script), with their
+    ``ukr_hw`` imports made package-relative; the requirements are :func:`_pip_requirements`. So
+    ``mlflow.pyfunc.load_model`` works in a fresh environment with only the model's ``requirements.txt``, and the
+    copy never shadows an installed ``ukr_hw``. A new ``ukr_hw`` import in those modules fails here, by name.
+    """
+    import re
+
     import mlflow
     import torch
 
-    from ukr_hw import preprocess
+    from ukr_hw import labels, preprocess
+    from ukr_hw.model import network
     from ukr_hw.model.network import network_config
 
+    packaged = {"labels": Path(labels.__file__), "network": Path(network.__file__)}
     config = {**network_config(net), "preprocess_version": preprocess.VERSION}
     with tempfile.TemporaryDirectory(prefix="ukr-hw-log-") as tmp:
         state_path = Path(tmp) / "state_dict.pt"
         config_path = Path(tmp) / "config.json"
         torch.save({k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, state_path)
         config_path.write_text(json.dumps(config, indent=2))
+        package = Path(tmp) / "ukr_hw_portable"
+        package.mkdir()
+        (package / "__init__.py").write_text(
+            '"""ukr-hw\'s network code, packaged with a logged model by ukr_hw.tracking.log_model."""\n'
+        )
+        for module, source in packaged.items():
+            text = re.sub(
+                r"^(\s*)from ukr_hw(?:\.model)?\.(" + "|".join(packaged) + r") import ",
+                r"\1from .\2 import ",
+                source.read_text(encoding="utf-8"),
+                flags=re.M,
+            )
+            left = re.findall(r"^\s*(?:from|import)\s+ukr_hw\b.*$", text, flags=re.M)
+            if left:
+                raise RuntimeError(
+                    f"{source} imports {left[0].strip()!r}, which the logged model does not carry: add the module "
+                    "to what ukr_hw.tracking.log_model packages (and its requirements), or drop the import"
+                )
+            (package / f"{module}.py").write_text(text, encoding="utf-8")
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(PYFUNC_SCRIPT),
             artifacts={"state_dict": str(state_path), "config": str(config_path)},
+            code_paths=[str(package)],
             signature=model_signature(),
             input_example=input_example(),
             pip_requirements=_pip_requirements(),

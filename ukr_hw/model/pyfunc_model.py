@@ -1,32 +1,121 @@
-"""The MLflow "model from code" script for ukr-hw models.
+"""The MLflow "model from code" script for ukr-hw models: portable, it needs mlflow, torch and numpy only.
 
 MLflow logs this file's source next to two artifacts, ``state_dict`` (``state_dict.pt``, weights only) and
-``config`` (``config.json``, the :class:`~ukr_hw.model.network.NetConfig` as a dict). Loading runs the file and
-rebuilds the network from those two — no pickled classes, so renaming modules never breaks an old model.
+``config`` (``config.json``, the :class:`~ukr_hw.model.network.NetConfig` as a dict), and one code folder:
+:data:`PORTABLE_PACKAGE`, a copy of ``ukr_hw/model/network.py`` and ``ukr_hw/labels.py`` made by
+:func:`ukr_hw.tracking.log_model` (its ``ukr_hw`` imports made package-relative). Loading runs this file and
+rebuilds the network from those: no pickled classes, and nothing else from ``ukr_hw`` (no settings, no
+preprocessing, no registry client), so ``mlflow.pyfunc.load_model("models:/ukr-hw@champion")`` works in a fresh
+environment that has only the model's ``requirements.txt``, and it never shadows an installed ``ukr_hw``.
 
 ``predict(context, {"image": (N,28,28) float32, "ink": (N,2) float32})`` returns
-``{"symbol_probs": (N,43) float32, "case_prob": (N,) float32}``. After ``load_context`` the attribute
-``predictor`` is a ready :class:`ukr_hw.inference.Predictor` (the BentoML service calls it directly).
+``{"symbol_probs": (N,43) float32, "case_prob": (N,) float32}``: the inputs are glyphs already through
+``ukr_hw.preprocess`` (28×28, ink = 1, and the ink box's relative height and width) of the version the model was
+trained on (``predictor.preprocess_version``). After ``load_context`` the attribute ``predictor`` has the
+``predict_arrays(x, ink)`` of :class:`ukr_hw.inference.Predictor` (same batching, same outputs).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
+#: the package ``ukr_hw.tracking.log_model`` writes into the model's code folder (``code_paths``)
+PORTABLE_PACKAGE = "ukr_hw_portable"
+
+
+def _network_module(context: Any) -> Any:
+    """This model's own copy of the network module.
+
+    Loaded from the model's ``code/`` folder under a name that carries a digest of the code, so two models with
+    different code in one process each get theirs (a plain import would give both the first one's).
+    """
+    config_path = Path(context.artifacts["config"])
+    package_dir = config_path.parent.parent / "code" / PORTABLE_PACKAGE  # <model>/artifacts/config.json
+    if not (package_dir / "__init__.py").exists():
+        return importlib.import_module(f"{PORTABLE_PACKAGE}.network")  # MLflow put the code folder on sys.path
+    digest = hashlib.sha256()
+    for path in sorted(package_dir.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    name = f"{PORTABLE_PACKAGE}_{digest.hexdigest()[:12]}"
+    if f"{name}.network" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, package_dir / "__init__.py", submodule_search_locations=[str(package_dir)]
+        )
+        assert spec is not None and spec.loader is not None
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"{name}.network")
+
+
+class ArrayPredictor:
+    """A network in eval mode and the version it came from: :meth:`predict_arrays` as in
+    :class:`ukr_hw.inference.Predictor` (which the repository's own tests compare it with)."""
+
+    def __init__(
+        self,
+        net: Any,
+        model_version: str | None = None,
+        batch_size: int = 256,
+        preprocess_version: int = 1,
+        num_classes: int = 43,
+    ) -> None:
+        self.net = net.eval()
+        self.num_classes = num_classes
+        self.model_version = None if model_version is None else str(model_version)
+        self.batch_size = batch_size
+        self.preprocess_version = preprocess_version
+
+    def predict_arrays(self, x: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``x`` (N,28,28) float in [0,1] (uint8 0-255 accepted), ``ink`` (N,2) → ``(probs (N,43), P(upper) (N,))``."""
+        import torch
+
+        x = np.asarray(x)
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / 255.0
+        x = np.asarray(x, dtype=np.float32).reshape(-1, 28, 28)
+        ink = np.asarray(ink, dtype=np.float32).reshape(-1, 2)
+        if len(x) != len(ink):
+            raise ValueError(f"{len(x)} images but {len(ink)} ink rows; pass one [height, width] pair per image")
+        probs = np.empty((len(x), self.num_classes), dtype=np.float32)
+        case = np.empty((len(x),), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(x), self.batch_size):
+                xb = torch.from_numpy(x[start : start + self.batch_size]).unsqueeze(1)
+                ib = torch.from_numpy(ink[start : start + self.batch_size])
+                logits, case_logit = self.net(xb, ib)
+                probs[start : start + len(xb)] = torch.softmax(logits.float(), dim=1).numpy()
+                case[start : start + len(xb)] = torch.sigmoid(case_logit.float()).numpy()
+        return probs, case
+
 
 class UkrHwPyfunc(PythonModel):
     predictor: Any = None
 
     def load_context(self, context) -> None:
-        from ukr_hw.inference import Predictor, load_net_from_files
+        import torch
 
-        net = load_net_from_files(context.artifacts["config"], context.artifacts["state_dict"])
+        network = _network_module(context)
+        config = json.loads(Path(context.artifacts["config"]).read_text())
+        net = network.build_network(config)
+        net.load_state_dict(torch.load(context.artifacts["state_dict"], map_location="cpu", weights_only=True))
         version = (getattr(context, "model_config", None) or {}).get("model_version")
-        self.predictor = Predictor(net, version)
+        self.predictor = ArrayPredictor(
+            net,
+            version,
+            preprocess_version=int(config.get("preprocess_version", 1)),
+            num_classes=network.NUM_CLASSES,
+        )
 
     def predict(self, context, model_input, params=None):
         if self.predictor is None:
