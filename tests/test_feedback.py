@@ -271,3 +271,113 @@ def test_sketch_value_becomes_strokes_on_transparent(tmp_path):
     for empty in (None, {"background": white, "layers": [], "composite": white}):
         with pytest.raises(InvalidSample, match="empty"):
             sketch_to_png(empty)
+
+
+# --- sources, review and rejection (issue 23.3) --------------------------------------------------------------
+
+
+def test_source_is_recorded_and_records_filter_by_client_and_source(store: FeedbackStore):
+    from ukr_hw.feedback import source_address, source_id
+
+    src = source_id("203.0.113.7", "salt")
+    assert src == source_id("203.0.113.7", "salt") != source_id("203.0.113.7", "other salt")
+    assert src.startswith("src-") and "203" not in src
+    # one IPv6 host (a /64) is one source; an IPv4-mapped address is its IPv4 address
+    assert source_address("2001:db8::1") == source_address("2001:db8::ffff") == "2001:db8::/64"
+    assert source_address("::ffff:203.0.113.7") == "203.0.113.7"
+    a = store.save(letter_png(), "г", True, client_id="c1", source=src)
+    b = store.save(letter_png(), "т", False, client_id="c2", source=src)
+    c = store.save(letter_png(), "7", None, client_id="c3")
+    assert store.read(store.list_since(None)[0])[1]["source"] == src
+    assert [r["sample_id"] for _, r in store.records()] == [a, b, c]
+    assert [r["sample_id"] for _, r in store.records(newest_first=True, limit=2)] == [c, b]
+    assert [r["sample_id"] for _, r in store.records(source=src)] == [a, b]
+    assert [r["sample_id"] for _, r in store.records(client_id="c3")] == [c]
+    assert store.records(client_id="c3")[0][1]["source"] is None
+    assert all(r["rejected"] is None for _, r in store.records())
+
+
+def test_rejected_samples_are_kept_marked_and_listed_with_their_reason(store: FeedbackStore):
+    a = store.save(letter_png(), "г", True, client_id="bad")
+    b = store.save(letter_png(), "т", False, client_id="bad", source="src-1")
+    c = store.save(letter_png(), "7", None, client_id="good", source="src-2")
+    assert store.rejected_ids() == {}
+    note = store.reject(c, "a 7 drawn as Г", by="tester")
+    assert (note["reason"], note["by"], note["sample_id"]) == ("a 7 drawn as Г", "tester", c)
+    assert store.backend.exists(f"rejected/{c}.json")
+    assert store.reject_where("one client wrote nonsense", client_id="bad") == [a, b]
+    assert store.reject_where("again", client_id="bad") == []  # the first reason stays
+    assert store.rejected_ids() == {a: "one client wrote nonsense", b: "one client wrote nonsense", c: "a 7 drawn as Г"}
+    # kept: still listed and readable, the markers are not samples
+    assert [r.sample_id for r in store.list_since(None)] == [a, b, c]
+    assert store.read(store.list_since(None)[0])[0] == letter_png()
+    assert {r["sample_id"]: r["rejected"] for _, r in store.records()}[c] == "a 7 drawn as Г"
+    assert store.unreject(c) and not store.unreject(c)
+    assert set(store.rejected_ids()) == {a, b}
+    assert store.reject_where("by source", source="src-2") == [c]
+    with pytest.raises(KeyError, match="no feedback sample"):
+        store.reject("20990101T000000000000Z-00000000", "missing")
+    with pytest.raises(ValueError, match="not a feedback sample id"):
+        store.reject("../../etc/passwd", "bad id")
+    with pytest.raises(ValueError, match="reason"):
+        store.reject(a, " ")
+
+
+# --- the spool flushed in the background (issue 23.2) ---------------------------------------------------------
+
+
+def test_background_flusher_uploads_the_spool_once_s3_is_back(s3_server, s3_bucket, tmp_path):
+    import time
+
+    from ukr_hw.feedback import SpoolFlusher
+
+    settings = _settings(tmp_path, f"s3://{s3_bucket}/fb", s3_server)
+    store = FeedbackStore.from_settings(settings)
+    flusher = SpoolFlusher(store, interval_s=0.2, max_backoff_s=0.8)
+    s3_server.stop()
+    try:
+        spooled = [store.save(letter_png(), s, False, client_id="offline") for s in ("т", "г")]
+        status = store.spool_status()
+        assert status["pending"] == 2 and status["oldest_sample"] == spooled[0] and status["oldest_age_s"] >= 0
+        assert flusher.flush_once() == 0 and "not reachable" in flusher.last_error
+        assert flusher.delay_s == 0.4  # backing off
+        flusher.flush_once()
+        flusher.flush_once()
+        assert flusher.delay_s == 0.8  # at most max_backoff_s
+        flusher.start()
+    finally:
+        s3_server.start()
+    try:
+        deadline = time.monotonic() + 60
+        while store.pending() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert store.pending() == 0, flusher.status()
+    finally:
+        flusher.stop()
+    assert [r.sample_id for r in store.list_since(None)] == spooled  # each once, under its own id
+    status = flusher.status()
+    assert status["pending"] == 0 and status["oldest_age_s"] is None and status["uploaded"] == 2
+    assert status["last_error"] is None and status["last_success"]
+
+
+def test_a_flush_cut_short_and_repeated_duplicates_nothing(s3_server, s3_bucket, tmp_path):
+    """Uploaded but not yet removed from the spool (a crash between the two): the next flush uploads the same
+    sample under the same keys, so the store still holds it once."""
+    import shutil
+
+    settings = _settings(tmp_path, f"s3://{s3_bucket}/fb", s3_server)
+    store = FeedbackStore.from_settings(settings)
+    s3_server.stop()
+    try:
+        sid = store.save(letter_png(), "ж", True)
+    finally:
+        s3_server.start()
+    shutil.copytree(tmp_path / "spool", tmp_path / "spool-copy")
+    assert store.flush_spool() == 1
+    shutil.rmtree(tmp_path / "spool")
+    shutil.copytree(tmp_path / "spool-copy", tmp_path / "spool")  # as if the removal never happened
+    assert store.pending() == 1 and store.flush_spool() == 1 and store.pending() == 0
+    assert [r.sample_id for r in store.list_since(None)] == [sid]
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert len(keys) == 2
+    assert store.read(store.list_since(None)[0])[1]["symbol"] == "ж"

@@ -313,3 +313,160 @@ def test_canvas_guides_stand_on_the_training_frame_and_never_count_as_ink():
     glyph, alone = preprocess(value), preprocess({"background": None, "layers": [layer], "composite": None})
     np.testing.assert_array_equal(glyph.pixels, alone.pixels)
     assert glyph.ink_height == alone.ink_height < 0.45  # a lowercase о at x-height
+
+
+# --- hostile traffic: limits, upload cap, bounded queue, spool health (issues 23.2, 23.3, 26.6) ---------------
+
+
+@pytest.fixture
+def ui(tmp_path):
+    """The UI in-process (no recognition service: /correct saves without one), started with given settings."""
+    from services.ui.app import launch
+
+    apps = []
+
+    def start(**overrides):
+        kw = dict(root=tmp_path, feedback_uri="feedback", ui_source_salt_file=tmp_path / "salt")
+        settings = get_settings(**{**kw, **overrides})
+        port = stack.free_port()
+        dead = f"http://127.0.0.1:{stack.free_port()}"
+        apps.append(launch(port=port, host="127.0.0.1", api_url=dead, block=False, settings=settings))
+        return f"http://127.0.0.1:{port}", FeedbackStore.from_settings(settings), apps[-1]
+
+    yield start
+    for app in apps:
+        app.close()
+
+
+def _correct(url: str, png: Path, headers: dict | None = None, client=None):
+    from gradio_client import Client
+
+    client = client or Client(url, verbose=False, download_files=False, headers=headers)
+    return client, client.predict(_sketch(png), "г", "upper", api_name="/correct")
+
+
+def test_saves_are_limited_per_session_and_per_address(ui, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    png = tmp_path / "g.png"
+    png.write_bytes(letter_png())
+    url, store, _ = ui(ui_saves_per_session=2, ui_saves_per_address=3, ui_saves_window_s=600)
+    client, _ = _correct(url, png)
+    _correct(url, png, client=client)
+    with pytest.raises(AppError, match=r"You've saved 2 drawings in the last 10 minutes .*this session.*please wait"):
+        _correct(url, png, client=client)
+    assert len(store.list_since(None)) == 2  # nothing stored beyond the limit
+    _correct(url, png)  # a fresh session: its own count, but the same address (3 of 3)
+    with pytest.raises(AppError, match=r"You've saved 3 drawings in the last 10 minutes .*your address"):
+        _correct(url, png)  # a new session per request stops nobody: the address limit does
+    # X-Forwarded-For from an untrusted peer is ignored: still the same address
+    with pytest.raises(AppError, match="your address"):
+        _correct(url, png, headers={"X-Forwarded-For": "198.51.100.1"})
+    records = [store.read(r)[1] for r in store.list_since(None)]
+    assert len(records) == 3 and len({r["client_id"] for r in records}) == 2
+    assert len({r["source"] for r in records}) == 1 and records[0]["source"].startswith("src-")
+    # an invalid save does not count (nor is it stored)
+    url2, store2, _ = ui(root=tmp_path / "b", ui_saves_per_session=1, ui_source_salt_file=tmp_path / "salt")
+    from gradio_client import Client
+
+    c = Client(url2, verbose=False, download_files=False)
+    with pytest.raises(AppError, match="UPPERCASE or lowercase"):
+        c.predict(_sketch(png), "г", None, api_name="/correct")
+    _correct(url2, png, client=c)
+    assert len(store2.list_since(None)) == 1
+
+
+def test_a_trusted_proxy_forwards_the_address(ui, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    png = tmp_path / "g.png"
+    png.write_bytes(letter_png())
+    url, store, _ = ui(ui_trusted_proxies=["127.0.0.1"], ui_saves_per_address=1, ui_saves_per_session=0)
+    _correct(url, png, headers={"X-Forwarded-For": "198.51.100.1"})
+    _correct(url, png, headers={"X-Forwarded-For": "198.51.100.2"})  # another user behind the proxy
+    with pytest.raises(AppError, match=r"You've saved 1 drawing in the last 10 minutes"):
+        _correct(url, png, headers={"X-Forwarded-For": "198.51.100.1"})
+    sources = [store.read(r)[1]["source"] for r in store.list_since(None)]
+    salt = (tmp_path / "salt").read_text().strip()
+    from ukr_hw.feedback import source_id
+
+    assert sources == [source_id("198.51.100.1", salt), source_id("198.51.100.2", salt)]
+
+
+def test_recognitions_are_limited_per_address(ui, tmp_path):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    png = tmp_path / "g.png"
+    png.write_bytes(letter_png())
+    url, _, _ = ui(ui_predicts_per_address=2, ui_predicts_window_s=60)
+    for _ in range(2):  # counted even though the (absent) service cannot answer
+        with pytest.raises(AppError, match="not reachable"):
+            Client(url, verbose=False, download_files=False).predict(_sketch(png), api_name="/predict")
+    with pytest.raises(AppError, match=r"You've asked for 2 recognitions in the last minute.*please wait about"):
+        Client(url, verbose=False, download_files=False).predict(_sketch(png), api_name="/predict")
+
+
+def test_upload_size_is_capped_queue_bounded_and_health_shows_the_spool(ui, tmp_path):
+    import httpx
+
+    url, store, app = ui(ui_max_file_bytes=1024 * 1024, ui_queue_max_size=5, ui_concurrency_limit=3)
+    assert app._queue.max_size == 5
+    assert app.max_file_size == 1024 * 1024
+    big = httpx.post(f"{url}/gradio_api/upload", files={"files": ("big.png", b"\0" * (2 * 1024 * 1024))})
+    assert big.status_code == 413, big.text
+    small = httpx.post(f"{url}/gradio_api/upload", files={"files": ("g.png", letter_png())})
+    assert small.status_code == 200
+    health = httpx.get(f"{url}/healthz").json()
+    assert health["status"] == "ok" and health["spool"]["pending"] == 0  # a local folder never spools
+    assert health["spool"]["oldest_age_s"] is None and health["feedback_store"] == store.description
+
+
+def test_the_ui_flushes_its_spool_in_the_background(ui, s3_server, s3_bucket, tmp_path):
+    import httpx
+
+    png = tmp_path / "g.png"
+    png.write_bytes(letter_png())
+    url, store, _ = ui(
+        feedback_uri=f"s3://{s3_bucket}/ui",
+        feedback_spool_dir=tmp_path / "spool",
+        s3_endpoint_url=s3_server.endpoint_url,
+        s3_access_key_id=s3_server.access_key,
+        s3_secret_access_key=s3_server.secret_key,
+        ui_spool_flush_interval_s=0.5,
+        ui_spool_flush_max_backoff_s=1.0,
+    )
+    s3_server.stop()
+    try:
+        _correct(url, png)  # spooled
+        health = httpx.get(f"{url}/healthz").json()
+        assert health["status"] == "degraded" and health["spool"]["pending"] == 1
+        assert health["spool"]["oldest_age_s"] >= 0 and health["spool"]["oldest_sample"]
+        sid = health["spool"]["oldest_sample"]
+    finally:
+        s3_server.start()
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{url}/healthz").json()["spool"]["pending"] and time.monotonic() < deadline:
+        time.sleep(0.3)  # no save, no restart: the background flusher uploads it
+    health = httpx.get(f"{url}/healthz").json()
+    assert health["status"] == "ok" and health["spool"]["uploaded"] == 1, health
+    assert [r.sample_id for r in store.list_since(None)] == [sid]
+
+
+def test_rate_limiter_all_or_nothing_release_and_window():
+    from ukr_hw.ratelimit import Limit, RateLimiter, describe_span, describe_wait
+
+    now = [0.0]
+    rl = RateLimiter(clock=lambda: now[0])
+    a, b = ("a", Limit(2, 10)), ("b", Limit(1, 10))
+    assert rl.acquire([a, b]) is None
+    refused = rl.acquire([a, b])
+    assert refused.key == "b" and refused.retry_after_s == 10
+    assert rl.count("a", 10) == 1  # refused: counted nowhere
+    rl.release([a, b])
+    assert rl.count("a", 10) == 0 and rl.acquire([b]) is None
+    now[0] = 10.5
+    assert rl.acquire([b]) is None  # the window slid
+    assert rl.acquire([("c", Limit(0, 10))] * 100) is None  # 0 = no limit
+    assert (describe_span(600), describe_span(60), describe_span(45)) == ("10 minutes", "minute", "45 seconds")
+    assert describe_wait(1) == "about 1 second" and describe_wait(300) == "about 5 minutes"

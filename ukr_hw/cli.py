@@ -117,6 +117,111 @@ def _stack(args: argparse.Namespace) -> int:
     return stack.main(args.action, services=args.services)
 
 
+def _since(text: str):
+    """``--since``: an ISO date or time (UTC unless it says otherwise), or an age: ``90m``, ``24h``, ``7d``."""
+    from datetime import UTC, datetime, timedelta
+
+    text = text.strip()
+    units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    if len(text) > 1 and text[-1].lower() in units and text[:-1].replace(".", "", 1).isdigit():
+        return datetime.now(UTC) - timedelta(**{units[text[-1].lower()]: float(text[:-1])})
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an ISO date/time or an age like 24h or 7d, got {text!r}") from exc
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _source_arg(text: str | None) -> str | None:
+    """``--source``: a source as listed (``src-…``), or a raw address, hashed with the UI's salt (same machine)."""
+    import ipaddress
+
+    if text is None or text.startswith("src-"):
+        return text
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    from ukr_hw.feedback import source_id, source_salt
+    from ukr_hw.settings import get_settings
+
+    return source_id(text, source_salt(get_settings()))
+
+
+def _feedback_row(ref, record: dict) -> dict:
+    upper = record.get("is_uppercase")
+    return {
+        "id": ref.sample_id,
+        "symbol": record.get("symbol"),
+        "case": None if upper is None else ("upper" if upper else "lower"),
+        "mode": record.get("mode"),
+        "client": record.get("client_id"),
+        "source": record.get("source"),
+        "created_at": record.get("created_at"),
+        "predicted": record.get("predicted_symbol"),
+        "rejected": record.get("rejected"),
+    }
+
+
+def _feedback_list(args: argparse.Namespace) -> int:
+    from ukr_hw import labels
+    from ukr_hw.feedback import CorruptSample, FeedbackStore, sample_grid
+
+    store = FeedbackStore.from_settings()
+    args.source = _source_arg(args.source)
+    found = store.records(args.since, client_id=args.client, source=args.source, limit=args.limit, newest_first=True)
+    images, captions, marked = [], [], []
+    for i, (ref, record) in enumerate(found, 1):
+        _print_json(_feedback_row(ref, record))
+        if args.grid:
+            try:
+                png, _ = store.read(ref)
+            except CorruptSample:
+                png = b""
+            images.append(png)
+            shown = labels.display(record["symbol"], record.get("is_uppercase"))
+            captions.append(f"{i} {shown}" + (" ✗" if record.get("rejected") else ""))
+            marked.append(bool(record.get("rejected")))
+    if args.grid:
+        if not images:
+            print("ukr-hw feedback list: no samples matched; no grid written", file=sys.stderr)
+        else:
+            args.grid.parent.mkdir(parents=True, exist_ok=True)
+            sample_grid(images, captions, marked).save(args.grid)
+            print(f"grid of {len(images)} samples (numbered as listed): {args.grid}", file=sys.stderr)
+    return 0
+
+
+def _feedback_reject(args: argparse.Namespace) -> int:
+    from ukr_hw.feedback import FeedbackStore
+
+    chosen = sum(bool(x) for x in (args.sample_ids, args.client, args.source))
+    if chosen != 1:
+        print("ukr-hw feedback reject: name SAMPLE_ID…, or --client CLIENT_ID, or --source SOURCE", file=sys.stderr)
+        return 2
+    store = FeedbackStore.from_settings()
+    args.source = _source_arg(args.source)
+    rejected: list[str] = []
+    if args.sample_ids:
+        for sample_id in args.sample_ids:
+            try:
+                store.reject(sample_id, args.reason, by=args.by)
+            except (KeyError, ValueError) as exc:
+                print(f"ukr-hw feedback reject: {str(exc).strip(chr(39))}", file=sys.stderr)
+                return 2
+            rejected.append(sample_id)
+    else:
+        rejected = store.reject_where(
+            args.reason, client_id=args.client, source=args.source, since=args.since, by=args.by
+        )
+        if not rejected and not store.records(args.since, client_id=args.client, source=args.source, limit=1):
+            who = f"client {args.client}" if args.client else f"source {args.source}"
+            print(f"ukr-hw feedback reject: no samples of {who} in {store.description}", file=sys.stderr)
+            return 2
+    _print_json({"rejected": rejected, "count": len(rejected), "reason": args.reason})
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------------------------
 
 
@@ -184,6 +289,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("stack", _stack, "Start, stop or inspect the native service stack (no Docker needed).")
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("services", nargs="*", help="subset of services (default: all)")
+
+    fb = sub.add_parser(
+        "feedback",
+        help="Review users' samples: list recent ones (with a picture grid), reject bad ones.",
+        description="Review users' samples: list recent ones (with a picture grid), reject bad ones (kept in the "
+        "store, marked, left out of training).",
+    )
+    fb_sub = fb.add_subparsers(dest="feedback_command", metavar="ACTION", required=True)
+    p = fb_sub.add_parser(
+        "list",
+        help="Recent samples, newest first: one JSON line each (id, symbol, case, mode, client, source, …).",
+        description="Recent samples, newest first: one JSON line each (id, symbol, case, mode, client, source, "
+        "created_at, predicted, rejected).",
+    )
+    p.set_defaults(handler=_feedback_list)
+    p.add_argument("--since", type=_since, default=None, help="only samples after this: ISO date/time, or 24h, 7d")
+    p.add_argument("--client", default=None, help="only this client id (one browser session)")
+    p.add_argument("--source", default=None, help="only this source (the hashed sender address)")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--grid", type=Path, default=None, metavar="OUT.png", help="also write their pictures as a grid")
+    p = fb_sub.add_parser(
+        "reject",
+        help="Mark samples rejected (kept, left out of training): by id, or all of one client's or source's.",
+        description="Mark samples rejected (kept in the store, left out of training, the reason recorded): by id, or "
+        "all of one client's or one source's.",
+    )
+    p.set_defaults(handler=_feedback_reject)
+    p.add_argument("sample_ids", nargs="*", metavar="SAMPLE_ID", help="the samples (`ukr-hw feedback list` ids)")
+    p.add_argument("--client", default=None, help="every sample of this client id")
+    p.add_argument("--source", default=None, help="every sample of this source")
+    p.add_argument("--since", type=_since, default=None, help="with --client/--source: only samples after this")
+    p.add_argument("--reason", required=True, help="why: kept with the rejection")
+    p.add_argument("--by", default=None, help="who rejects (default: the user name)")
     return parser
 
 

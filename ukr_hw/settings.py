@@ -169,6 +169,46 @@ class Settings(BaseSettings):
     # --- UI -----------------------------------------------------------------------------------------------
     ui_host: str = "127.0.0.1"
     ui_port: int = 7860
+    ui_trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of reverse proxies in front of the sketchpad whose X-Forwarded-For "
+        'is believed, as JSON (e.g. ["10.0.0.0/8"]); empty: the connecting address is the source, X-Forwarded-For is '
+        "ignored.",
+    )
+    ui_saves_per_address: int = Field(
+        30, ge=0, description="Confirmations + corrections one source address may save per ui_saves_window_s (0: none)."
+    )
+    ui_saves_per_session: int = Field(
+        20,
+        ge=0,
+        description="Confirmations + corrections one browser session may save per ui_saves_window_s (0: none).",
+    )
+    ui_saves_window_s: float = Field(600.0, gt=0, description="The window of the two save limits, in seconds.")
+    ui_predicts_per_address: int = Field(
+        120,
+        ge=0,
+        description="Recognitions (/predict) one source address may ask for per ui_predicts_window_s (0: none).",
+    )
+    ui_predicts_window_s: float = Field(60.0, gt=0, description="The window of the recognition limit, in seconds.")
+    ui_source_salt: SecretStr | None = Field(
+        default=None,
+        description="Salt of the source-address hash stored with each sample (`source`); unset: a random one kept in "
+        "ui_source_salt_file.",
+    )
+    ui_source_salt_file: Path = Field(
+        Path(".ukr-hw/source-salt"), description="Where the generated salt is kept (mode 0600) without ui_source_salt."
+    )
+    ui_max_file_bytes: int = Field(
+        5 * 1024 * 1024, ge=1, description="Largest file the sketchpad's upload route accepts (Gradio max_file_size)."
+    )
+    ui_queue_max_size: int = Field(64, ge=1, description="Events the sketchpad's queue holds; beyond it: 'queue full'.")
+    ui_concurrency_limit: int = Field(8, ge=1, description="Events of one kind the sketchpad runs at once.")
+    ui_spool_flush_interval_s: float = Field(
+        10.0, gt=0, description="How often the sketchpad tries to upload spooled samples while S3 is up."
+    )
+    ui_spool_flush_max_backoff_s: float = Field(
+        300.0, gt=0, description="Longest wait between upload tries while S3 stays down (the wait doubles up to it)."
+    )
 
     # --- native stack (`ukr-hw stack`) and PostgreSQL -------------------------------------------------------
     postgres_url: str = Field(

@@ -4,14 +4,23 @@ feedback store that the weekly retrain learns from.
 Thin over ``ukr_hw``: recognition is the BentoML API (:class:`ukr_hw.api_client.ApiClient`), storage is
 :class:`ukr_hw.feedback.FeedbackStore`, the alphabet is :mod:`ukr_hw.labels`. Named API endpoints (``/predict``,
 ``/confirm``, ``/correct``) let ``gradio_client`` drive the app exactly like a person does.
+
+Under hostile traffic: saves (confirmations and corrections) are limited per source address and per session, and
+recognitions per source address (``ui_*`` settings; the address is the connecting one, or the one a trusted proxy
+in ``ui_trusted_proxies`` forwards); uploads are capped (``ui_max_file_bytes``) and the queue is bounded. Each
+sample records a salted hash of its source address (``source``), so that the retrain can cap one source's share.
+Samples spooled while S3 is down are uploaded in the background (:class:`ukr_hw.feedback.SpoolFlusher`); ``GET
+/healthz`` shows the spool (size, age of the oldest sample) and the flusher's last attempt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import json
 import logging
+import os
 import uuid
 from typing import Any
 
@@ -21,8 +30,18 @@ from PIL import Image, ImageDraw
 from ukr_hw import labels
 from ukr_hw.api_client import ApiClient, ApiError, ApiUnreachableError
 from ukr_hw.data.strokes import BASELINE, CAP_HEIGHT, X_HEIGHT
-from ukr_hw.feedback import FeedbackStore, InvalidSample, StoreUnavailable, sketch_to_png
+from ukr_hw.feedback import (
+    FeedbackStore,
+    InvalidSample,
+    SpoolFlusher,
+    StoreUnavailable,
+    sketch_to_png,
+    source_address,
+    source_id,
+    source_salt,
+)
 from ukr_hw.inference import DEFAULT_MODE, InvalidModeError, parse_mode
+from ukr_hw.ratelimit import Limit, RateLimiter, describe_span, describe_wait
 from ukr_hw.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -185,6 +204,28 @@ def _case_choice(is_uppercase: bool | None) -> str | None:
     return None if is_uppercase is None else (UPPER if is_uppercase else LOWER)
 
 
+def _address(request: gr.Request | None) -> str | None:
+    """The sender's address as the limits count it: the connecting address, which uvicorn has already replaced by
+    the forwarded one when (and only when) the connection came from a trusted proxy (see :func:`launch`)."""
+    client = getattr(request, "client", None) if request is not None else None
+    return source_address(getattr(client, "host", None))
+
+
+@contextlib.contextmanager
+def _forwarded_allow(proxies: list[str]):
+    """uvicorn believes X-Forwarded-For from the hosts in ``FORWARDED_ALLOW_IPS`` (default: loopback, which would
+    let any local client pick its address): only ``ui_trusted_proxies`` while the server is created."""
+    old = os.environ.get("FORWARDED_ALLOW_IPS")
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(proxies)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FORWARDED_ALLOW_IPS", None)
+        else:
+            os.environ["FORWARDED_ALLOW_IPS"] = old
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The app
 
@@ -201,6 +242,36 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
     except StoreUnavailable as exc:
         log.warning("feedback store not reachable at start (%s); samples are spooled until it is back", exc)
     no_upper = missing_uppercase(settings)
+    flusher = SpoolFlusher(store, settings.ui_spool_flush_interval_s, settings.ui_spool_flush_max_backoff_s)
+    limiter = RateLimiter()
+    salt = source_salt(settings)
+    save_window = settings.ui_saves_window_s
+    per_address = Limit(settings.ui_saves_per_address, save_window)
+    per_session = Limit(settings.ui_saves_per_session, save_window)
+    predicts = Limit(settings.ui_predicts_per_address, settings.ui_predicts_window_s)
+
+    def _take(checks: list[tuple[str, Limit]], what: str, verb: str) -> None:
+        """A slot under every limit, or a clear refusal (nothing done, nothing counted)."""
+        refused = limiter.acquire(checks)
+        if refused is None:
+            return
+        lim = refused.limit
+        kind, _, who = refused.key.partition(":")
+        whose = "this session" if kind == "session" else "your address"
+        log.info(
+            "rate limit: %s %s reached %d %s in %.0f s; refused",
+            kind,
+            who if kind == "session" else source_id(who, salt),
+            lim.count,
+            what,
+            lim.window_s,
+        )
+        things = what[:-1] if lim.count == 1 else what
+        raise gr.Error(
+            f"You've {verb} {lim.count} {things} in the last {describe_span(lim.window_s)} (the limit for {whose}); "
+            f"please wait {describe_wait(refused.retry_after_s)} and try again.",
+            title="Slow down, please",
+        )
 
     def _mode(mode: str | None) -> str:
         try:
@@ -228,11 +299,19 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
                 f"The recognition service refused the drawing: {exc.message}", title="Not recognised"
             ) from exc
 
-    def predict(sketch: dict[str, Any] | None, mode: str | None = DEFAULT_MODE, state: dict[str, Any] | None = None):
+    def predict(
+        sketch: dict[str, Any] | None,
+        mode: str | None = DEFAULT_MODE,
+        state: dict[str, Any] | None = None,
+        request: gr.Request = None,
+    ):
         """Recognise the drawing: the symbol, its case and the top-3 candidates, among the symbols ``mode`` allows
         (any, letters or digits)."""
         state = _session(state)
         mode = _mode(mode)
+        address = _address(request)
+        if address is not None:
+            _take([(f"addr-predict:{address}", predicts)], "recognitions", "asked for")
         _, result = classify(sketch, mode)
         result.setdefault("mode", mode)  # an older API, asked nothing, answers without it
         state["last"] = result
@@ -253,8 +332,21 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
         except InvalidSample as exc:
             raise gr.Error(EMPTY_CANVAS, title="Nothing to save") from exc
 
-    def _store(png: bytes, symbol: str, is_uppercase: bool | None, mode: str, state: dict[str, Any], verb: str):
+    def _store(
+        png: bytes,
+        symbol: str,
+        is_uppercase: bool | None,
+        mode: str,
+        state: dict[str, Any],
+        verb: str,
+        request: gr.Request | None,
+    ):
         last = state.get("last") or {}
+        address = _address(request)
+        checks = [(f"session:{state['client_id']}", per_session)]
+        if address is not None:
+            checks.append((f"addr-save:{address}", per_address))
+        _take(checks, "drawings", "saved")
         try:
             store.save(
                 png,
@@ -266,13 +358,20 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
                 client_id=state["client_id"],
                 # the restriction the prediction was read under; the chosen one when nothing was recognised
                 mode=last.get("mode") or mode,
+                source=source_id(address, salt),
             )
         except InvalidSample as exc:
+            limiter.release(checks)  # nothing was stored: it does not count
             raise gr.Error(f"This drawing cannot be saved: {exc}", title="Not saved") from exc
+        except BaseException:
+            limiter.release(checks)
+            raise
         state["count"] += 1
         state["last"] = None
         shown = labels.display(symbol, is_uppercase)
         spooled = store.pending()
+        if spooled:
+            flusher.wake()
         extra = f" ({spooled} waiting for the storage to come back)" if spooled else ""
         gr.Info(f"{verb} “{shown}” — thank you!{extra}")
         return (
@@ -286,7 +385,12 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
             state,
         )
 
-    def confirm(sketch: dict[str, Any] | None, mode: str | None = DEFAULT_MODE, state: dict[str, Any] | None = None):
+    def confirm(
+        sketch: dict[str, Any] | None,
+        mode: str | None = DEFAULT_MODE,
+        state: dict[str, Any] | None = None,
+        request: gr.Request = None,
+    ):
         """The prediction was right: store the drawing with the predicted symbol and case (and the mode it was
         recognised under)."""
         state = _session(state)
@@ -296,7 +400,7 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
         if not last:
             raise gr.Error("Press Recognise first, then confirm or correct the answer.", title="Nothing to confirm")
         upper = last.get("is_uppercase") if labels.has_case(last["label"]) else None
-        return _store(png, last["label"], upper, mode, state, "Saved")
+        return _store(png, last["label"], upper, mode, state, "Saved", request)
 
     def correct(
         sketch: dict[str, Any] | None,
@@ -304,6 +408,7 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
         case: str | None,
         mode: str | None = DEFAULT_MODE,
         state: dict[str, Any] | None = None,
+        request: gr.Request = None,
     ):
         """The prediction was wrong: store the drawing with the symbol (and case) the user picked (and the mode the
         prediction was made under)."""
@@ -322,14 +427,16 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
             upper = case == UPPER
         else:
             raise gr.Error(f"Say whether your “{symbol}” is UPPERCASE or lowercase.", title="Which case?")
-        return _store(png, symbol, upper, mode, state, "Saved the correction")
+        return _store(png, symbol, upper, mode, state, "Saved the correction", request)
 
-    def on_mode(sketch: dict[str, Any] | None, mode: str | None, state: dict[str, Any] | None):
+    def on_mode(
+        sketch: dict[str, Any] | None, mode: str | None, state: dict[str, Any] | None, request: gr.Request = None
+    ):
         """Another restriction picked after a recognition: read the same drawing again under it."""
         state = _session(state)
         if not state.get("last"):  # nothing recognised yet (or just saved): the choice applies to the next one
             return (*(gr.skip() for _ in range(5)), state)
-        return predict(sketch, mode, state)
+        return predict(sketch, mode, state, request)
 
     def on_symbol(symbol: str | None, case: str | None):
         show = bool(symbol) and labels.has_case(symbol)
@@ -423,7 +530,20 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
         sketch.clear(on_reset, [state], reset_outputs, api_visibility="private", show_progress="hidden")
         app.load(on_load, [state], [count, state], api_visibility="private")
         app.load(None, js=SELECT_BRUSH_JS, api_visibility="private")
+    app.ukr_flusher = flusher  # started by launch(); its status is on /healthz
+    app.ukr_store = store
     return app
+
+
+def health(app) -> dict[str, Any]:
+    """What ``GET /healthz`` answers: the feedback store and its spool (size, age of the oldest sample, the
+    background upload's last attempt and error). ``status`` is ``degraded`` while samples wait in the spool."""
+    spool = app.ukr_flusher.status()
+    return {
+        "status": "degraded" if spool["pending"] else "ok",
+        "feedback_store": app.ukr_store.description,
+        "spool": spool,
+    }
 
 
 def _about_text(no_upper: list[str], store: str, api_url: str) -> str:
@@ -471,16 +591,34 @@ def launch(
     """Start the UI (``ukr-hw ui``). With ``block=False`` returns the running app (call ``.close()``)."""
     settings = settings or get_settings()
     app = build_app(api_url=api_url, store=store, settings=settings)
-    app.queue(default_concurrency_limit=8)
-    app.launch(
-        server_name=host or settings.ui_host,
-        server_port=port or settings.ui_port,
-        prevent_thread_lock=not block,
-        show_error=True,
-        quiet=not block,
-        theme=gr.themes.Soft(primary_hue="blue", secondary_hue="yellow", font=SYSTEM_FONTS),
-        css=CSS,
-        footer_links=["api", "settings"],
-        ssr_mode=False,
-    )
+    app.queue(max_size=settings.ui_queue_max_size, default_concurrency_limit=settings.ui_concurrency_limit)
+    with _forwarded_allow(settings.ui_trusted_proxies):
+        app.launch(
+            server_name=host or settings.ui_host,
+            server_port=port or settings.ui_port,
+            prevent_thread_lock=True,
+            show_error=True,
+            quiet=not block,
+            theme=gr.themes.Soft(primary_hue="blue", secondary_hue="yellow", font=SYSTEM_FONTS),
+            css=CSS,
+            footer_links=["api", "settings"],
+            ssr_mode=False,
+            max_file_size=settings.ui_max_file_bytes,
+        )
+    routes = app.app.router.routes
+    app.app.add_api_route("/healthz", lambda: health(app), methods=["GET"], include_in_schema=False)
+    routes.insert(0, routes.pop())  # ahead of Gradio's own routes
+    flusher = app.ukr_flusher.start()
+    close = app.close
+
+    def _close(*args: Any, **kwargs: Any) -> Any:
+        flusher.stop()
+        return close(*args, **kwargs)
+
+    app.close = _close
+    if block:
+        try:
+            app.block_thread()
+        finally:
+            flusher.stop()
     return app
