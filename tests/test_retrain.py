@@ -209,6 +209,37 @@ def test_rerun_after_crash_does_not_duplicate(project) -> None:
     assert lineage.model_versions_for_sample(ids[0]) == [result["model_version"]]
 
 
+def test_a_late_upload_from_the_spool_and_a_rejection(project) -> None:
+    """A drawing spooled during an outage days before the newest sample taken in, and uploaded only now, is still
+    taken in by the next retrain; a sample an operator rejected is not (it stays in the store)."""
+    from datetime import UTC, datetime, timedelta
+
+    from ukr_hw import lineage, retraining
+    from ukr_hw.feedback import new_sample_id, ref_for_id
+
+    s = project["settings"]
+    store = _store()
+    newest = lineage.latest_created_at(s)
+    assert newest is not None  # the earlier tests took samples in: a high-water mark exists
+    sid = store.save(drawing("ю", True, seed=900), "ю", True, client_id="late")
+    png, record = store.read(ref_for_id(sid))
+    for key in (ref_for_id(sid).json_key, ref_for_id(sid).png_key):  # only its late twin exists
+        store.backend.delete(key)
+    drawn = newest - timedelta(days=3)
+    late_id = new_sample_id(drawn)
+    late = ref_for_id(late_id)
+    record = {**record, "sample_id": late_id, "created_at": drawn.isoformat().replace("+00:00", "Z")}
+    store.spool.put(late.png_key, png, "image/png")
+    store.spool.put(late.json_key, json.dumps(record).encode(), "application/json")
+    assert store.flush_spool() == 1 and datetime.now(UTC) - drawn > retraining.LISTING_SLACK
+    wrong = store.save(drawing("ю", True, seed=901), "ж", True, client_id="vandal")
+    store.reject(wrong, "an «ю» labelled «ж»")
+    got = retraining.collect(store, s)
+    assert late_id in got.samples.id.tolist()
+    assert wrong not in got.samples.id.tolist() and got.rejected == 1
+    assert wrong in store.rejected_ids()  # kept and marked, not deleted
+
+
 def test_bad_record_reasons() -> None:
     from ukr_hw.retraining import BadSample, role_of, sample_from_record
 

@@ -54,8 +54,11 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 QUARANTINE = "quarantine"
 REJECTED = "rejected"
+#: ``arrivals/YYYY/MM/DD/<sample_id>.json``: a spooled sample uploaded late (under its upload day), so a retrain that
+#: lists only the days since its high-water mark still finds it (:meth:`FeedbackStore.late_arrivals`)
+ARRIVALS = "arrivals"
 #: Top-level folders of the store that hold no samples.
-_NOT_SAMPLES = (QUARANTINE + "/", REJECTED + "/")
+_NOT_SAMPLES = (QUARANTINE + "/", REJECTED + "/", ARRIVALS + "/")
 _ID_RE = re.compile(r"^(\d{8}T\d{12}Z)-[0-9a-f]{8}$")
 #: Record fields every reader may rely on.
 REQUIRED_FIELDS = (
@@ -580,6 +583,12 @@ class FeedbackStore:
                 if png is not None:
                     self.backend.put(ref.png_key, png, "image/png")
                 self.backend.put(ref.json_key, record, "application/json")
+                # its arrival under today's date: its own date prefix may be older than a retrain's listing window
+                self.backend.put(
+                    f"{ARRIVALS}/{datetime.now(UTC):%Y/%m/%d}/{ref.sample_id}.json",
+                    json.dumps({"key": ref.key, "uploaded_at": datetime.now(UTC).isoformat()}).encode(),
+                    "application/json",
+                )
                 # the record first: once it is gone the sample no longer counts as pending
                 self.spool.delete(ref.json_key)
                 self.spool.delete(ref.png_key)
@@ -621,6 +630,17 @@ class FeedbackStore:
                 if since is not None and created is not None and created <= since:
                     continue
                 refs.add(ref)
+        return sorted(refs, key=lambda r: (r.sample_id, r.key))
+
+    def late_arrivals(self, since: datetime | None = None) -> list[SampleRef]:
+        """Samples uploaded from the spool (``arrivals/``) on the days since ``since`` (all when None), whatever
+        day they were drawn: with :meth:`list_since` from a high-water mark, no late upload is ever skipped."""
+        refs: set[SampleRef] = set()
+        for prefix in self._prefixes(since):
+            for key in self.backend.list(f"{ARRIVALS}/{prefix}"):
+                if key.endswith(".json"):
+                    with contextlib.suppress(ValueError):
+                        refs.add(ref_for_id(key.rsplit("/", 1)[-1][: -len(".json")]))
         return sorted(refs, key=lambda r: (r.sample_id, r.key))
 
     def read(self, ref: SampleRef | str) -> tuple[bytes, dict[str, Any]]:

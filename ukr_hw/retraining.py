@@ -1,8 +1,9 @@
 """Continuous training from feedback: the steps of the weekly retrain flow (``flows/retrain.py`` composes them).
 
 1. :func:`collect` — feedback samples the lineage has not seen yet (listing only the store's days since the newest
-   sample taken in, minus a day of slack; idempotent by sample id). Broken or inconsistent ones are quarantined
-   with the reason; the rest are preprocessed with THE preprocessing function into :class:`Samples`.
+   sample taken in, minus a day of slack, plus the spool's late uploads since then; idempotent by sample id), less
+   those an operator rejected. Broken or inconsistent ones are quarantined with the reason; the rest are
+   preprocessed with THE preprocessing function into :class:`Samples`.
 2. :func:`split_roles` — a fixed share (``settings.user_test_fraction``, by sample-id hash, so a sample's role
    never changes) is held out as the growing "user drawings" test set; the rest joins TRAIN only.
 3. :func:`add_to_data` — append to ``finetune_train.npz`` (the frozen test split never changes) and to
@@ -52,6 +53,7 @@ class Collected:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)  #: sample_id → record (+ "key")
     quarantined: list[dict[str, str]] = field(default_factory=list)  #: {"key", "reason"}
     seen: int = 0  #: new refs listed (valid + quarantined)
+    rejected: int = 0  #: listed samples left out because an operator rejected them
 
 
 class BadSample(ValueError):
@@ -90,9 +92,17 @@ def collect(store: Any, settings: Settings | None = None) -> Collected:
     newest = lineage.latest_created_at(s)
     since = newest - LISTING_SLACK if newest else None
     known = lineage.ingested_ids(s)
-    refs = [r for r in store.list_since(since) if r.sample_id not in known]
+    rejected = store.rejected_ids()  # an operator's `ukr-hw feedback reject`: kept in the store, never trained on
+    # the days since the high-water mark, plus whatever the spool uploaded since then, drawn on whichever day: a
+    # sample spooled during an outage and uploaded later than the window still comes in
+    listed = {*store.list_since(since), *store.late_arrivals(since)}
+    refs = sorted(
+        (r for r in listed if r.sample_id not in known and r.sample_id not in rejected), key=lambda r: r.sample_id
+    )
     xs, ys, cases, inks, ids = [], [], [], [], []
-    out = Collected(samples=Samples.empty(), seen=len(refs))
+    out = Collected(
+        samples=Samples.empty(), seen=len(refs), rejected=len({r.sample_id for r in listed} & set(rejected))
+    )
     for ref in refs:
         try:
             png, record = store.read(ref)
