@@ -210,14 +210,17 @@ def test_bad_inputs_get_4xx_with_a_message(server, glyph_files):
         ({"files": {"image": ("a.gif", gif.getvalue(), "image/gif")}}, 415, "png"),
         ({"files": {"file": png}}, 400, "field 'image'"),
         ({"data": {"image": "http://example.com/a.png"}, "files": {"x": ("", b"", "text/plain")}}, 400, "image"),
-        ({"json": {}}, 400, "no image"),
-        ({"content": b"", "headers": {"content-type": "application/octet-stream"}}, 400, "no image"),
+        ({"json": {}}, 415, "multipart/form-data"),
+        ({"content": b"", "headers": {"content-type": "application/octet-stream"}}, 415, "multipart/form-data"),
+        ({"data": {"image": "hello"}}, 415, "multipart/form-data"),  # curl -d image=hello: urlencoded
     ]
     for kwargs, status, words in cases:
         _assert_error(_post(server, "/classify", **kwargs), status, words)
     batch = [("images", (f"{i}.png", good, "image/png")) for i in range(MAX_BATCH + 1)]
     _assert_error(_post(server, "/classify_batch", files=batch), 400, f"at most {MAX_BATCH}")
-    _assert_error(_post(server, "/classify_batch", json={}), 400, "no images")
+    _assert_error(_post(server, "/classify_batch", json={}), 415, "field 'images'")
+    two = [("image", ("0.png", good, "image/png")), ("image", ("1.png", good, "image/png"))]
+    _assert_error(_post(server, "/classify", files=two), 400, "exactly one image")
     mixed = [("images", ("0.png", good, "image/png")), ("images", ("1.png", b"junk", "image/png"))]
     _assert_error(_post(server, "/classify_batch", files=mixed), 400, "image 1")
     # the server is still fine afterwards

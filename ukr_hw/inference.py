@@ -66,6 +66,15 @@ _ALLOWED: dict[str, np.ndarray] = {
 }
 
 
+class RegistryUnavailableError(RuntimeError):
+    """The model registry (MLflow tracking server or its database) could not be reached: an outage, not a
+    missing champion (:class:`ModelNotFoundError`)."""
+
+
+#: MLflow error codes that mean "no such model/version/alias", not "the registry is down"
+_NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
+
+
 class InvalidModeError(ValueError):
     """A restriction other than the allowed :data:`MODES`; the message names them."""
 
@@ -149,11 +158,19 @@ def resolve_model_uri(model_uri: str | None = None, settings: Settings | None = 
                     raise ModelNotFoundError(f"no versions of model {name!r} in {tracking_uri}")
                 version = str(max(int(v.version) for v in versions))
     except MlflowException as exc:
+        if exc.error_code not in _NOT_FOUND_CODES:
+            raise RegistryUnavailableError(f"model registry {tracking_uri} unreachable: {exc.message}") from exc
         if model_uri is None or uri == champion_uri(s):
             raise ModelNotFoundError(
                 f"no model registered as {s.model_name}@{s.champion_alias} in {tracking_uri}: run `ukr-hw train` first"
             ) from exc
         raise ModelNotFoundError(f"model {uri} not found in {tracking_uri}: {exc.message}") from exc
+    except ModelNotFoundError:
+        raise
+    except Exception as exc:  # requests' connection errors, SQLAlchemy's OperationalError (a database backend)
+        raise RegistryUnavailableError(
+            f"model registry {tracking_uri} unreachable: {exc.__class__.__name__}: {exc}"
+        ) from exc
     return f"models:/{name}/{version}", str(version)
 
 

@@ -27,10 +27,15 @@ client); it is a constant of the class.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
 import time
 from typing import Any
 
 import aiohttp
+
+log = logging.getLogger("ukr_hw.serve")
 
 #: seconds an old session stays open after a refresh: longer than the services' request timeout (60 s)
 CLOSE_GRACE_S = 90.0
@@ -137,3 +142,208 @@ def cache_mime_types() -> None:
 
     IOMixin.mime_type = classmethod(mime_type)  # type: ignore[method-assign, assignment]
     IOMixin._ukr_hw_cached = True  # type: ignore[attr-defined]
+
+
+# --- hostile traffic ------------------------------------------------------------------------------------------------
+
+#: seconds a connection may take to send a request's headers (from connecting, or from the first byte of the next
+#: request on a kept-alive connection); then 408 and closed. uvicorn has no such limit: a silent or slow-header
+#: connection was held forever (slowloris)
+HEADER_TIMEOUT_S = float(os.environ.get("UKR_HW_SERVE_HEADER_TIMEOUT_S", "10"))
+#: idle seconds after a response before a kept-alive connection is closed (uvicorn's own timer, set explicitly)
+KEEPALIVE_TIMEOUT_S = float(os.environ.get("UKR_HW_SERVE_KEEPALIVE_TIMEOUT_S", "5"))
+#: open connections one source address may hold per API worker process; more are answered 429 and closed
+MAX_CONNECTIONS_PER_ADDRESS = int(os.environ.get("UKR_HW_SERVE_MAX_CONNECTIONS_PER_ADDRESS", "64"))
+
+_open_per_address: dict[str, int] = {}
+
+
+def _raw_response(status: int, reason: str, error: str) -> bytes:
+    body = json.dumps({"error": error}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def _is_entry_service() -> bool:
+    from bentoml._internal.context import server_context
+
+    return server_context.service_type == "entry_service"
+
+
+def limit_connections() -> None:
+    """Header timeout, explicit keep-alive timeout and a per-address connection cap in uvicorn's HTTP protocol.
+
+    Only the public (entry) service counts connections per address: the internal hop between services comes from
+    the API workers themselves."""
+    from uvicorn.protocols.http import h11_impl
+
+    protocol = h11_impl.H11Protocol
+    if getattr(protocol, "_ukr_hw_limited", False):
+        return
+    made, lost, received = protocol.connection_made, protocol.connection_lost, protocol.data_received
+
+    def _arm(self: Any) -> None:
+        self._ukr_header_timer = self.loop.call_later(HEADER_TIMEOUT_S, _header_timeout, self)
+
+    def _disarm(self: Any) -> None:
+        timer = getattr(self, "_ukr_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._ukr_header_timer = None
+
+    def _header_timeout(self: Any) -> None:
+        self._ukr_header_timer = None
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return
+        log.info("408: request headers not received within %.0f s from %s", HEADER_TIMEOUT_S, self.client)
+        self.transport.write(
+            _raw_response(408, "Request Timeout", f"request headers not complete within {HEADER_TIMEOUT_S:.0f} s.")
+        )
+        self.transport.close()
+
+    def connection_made(self: Any, transport: Any) -> None:
+        made(self, transport)
+        self.timeout_keep_alive = KEEPALIVE_TIMEOUT_S
+        self._ukr_cycle, self._ukr_address = None, None
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and _is_entry_service():
+            address = str(peer[0])
+            count = _open_per_address.get(address, 0) + 1
+            _open_per_address[address] = count
+            self._ukr_address = address
+            if count > MAX_CONNECTIONS_PER_ADDRESS:
+                log.info("429: %s holds over %d connections; refused one", address, MAX_CONNECTIONS_PER_ADDRESS)
+                transport.write(
+                    _raw_response(
+                        429,
+                        "Too Many Requests",
+                        f"over {MAX_CONNECTIONS_PER_ADDRESS} open connections from {address}; reuse fewer.",
+                    )
+                )
+                transport.close()
+                self._ukr_header_timer = None
+                return
+        _arm(self)
+
+    def data_received(self: Any, data: bytes) -> None:
+        received(self, data)
+        cycle = self.cycle
+        if cycle is not None and cycle is not self._ukr_cycle:  # a new request's headers are complete
+            self._ukr_cycle = cycle
+            _disarm(self)
+        elif (
+            getattr(self, "_ukr_header_timer", None) is None
+            and (cycle is None or cycle.response_complete)
+            and not self.transport.is_closing()
+        ):
+            _arm(self)  # the next request on a kept-alive connection has started
+
+    def connection_lost(self: Any, exc: Exception | None) -> None:
+        _disarm(self)
+        address = getattr(self, "_ukr_address", None)
+        if address is not None:
+            self._ukr_address = None
+            left = _open_per_address.get(address, 1) - 1
+            if left > 0:
+                _open_per_address[address] = left
+            else:
+                _open_per_address.pop(address, None)
+        lost(self, exc)
+
+    import uvicorn
+
+    original_init = uvicorn.Config.__init__
+
+    def config_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        # h11 (the protocol patched here) and plain asyncio (what balance_accepts patches), even where uvloop or
+        # httptools are installed: uvicorn's "auto" would pick them and skip these limits
+        kwargs.update(loop="asyncio", http="h11", timeout_keep_alive=KEEPALIVE_TIMEOUT_S)
+        original_init(self, *args, **kwargs)
+
+    uvicorn.Config.__init__ = config_init
+    protocol.connection_made = connection_made
+    protocol.connection_lost = connection_lost
+    protocol.data_received = data_received
+    protocol._ukr_hw_limited = True
+
+
+def close_url_fetch() -> None:
+    """BentoML downloads a file field given as a URL (a text form value, or a JSON body that is a URL): a server-side
+    request forgery path. Here such a value is a client error and nothing is fetched."""
+    from _bentoml_impl import serde
+    from bentoml.exceptions import BadInput
+
+    if getattr(serde, "_ukr_hw_no_fetch", False):
+        return
+
+    async def ensure_file(obj: Any) -> Any:
+        from starlette.datastructures import UploadFile
+
+        if isinstance(obj, UploadFile):
+            return obj
+        raise BadInput("a file field must be a file upload (multipart/form-data part with a filename), not text.")
+
+    async def parse_request(self: Any, request: Any, cls: type) -> Any:
+        body = await request.body()  # never treated as a URL to download
+        return self.deserialize_model(serde.Payload((body,), metadata=request.headers), cls)
+
+    serde.MultipartSerde.ensure_file = staticmethod(ensure_file)
+    serde.JSONSerde.parse_request = parse_request
+    serde._ukr_hw_no_fetch = True
+
+
+def _validation_message(exc: Any) -> str:
+    parts = []
+    for err in exc.errors(include_context=False, include_input=False)[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        parts.append(f"{where}: {err.get('msg')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def quiet_client_errors() -> None:
+    """BentoML logs every client error (a validation error, a 4xx BentoMLException) at ERROR with a traceback, and
+    answers a 4xx BentoMLException with a JSON *list*. Here: one INFO line with the reason, ``{"error": "..."}``."""
+    from _bentoml_impl.server import app as app_module
+    from pydantic import ValidationError
+
+    factory = app_module.ServiceAppFactory
+    if getattr(factory, "_ukr_hw_quiet", False):
+        return
+    from bentoml.exceptions import BentoMLException
+    from starlette.responses import JSONResponse
+
+    async def api_endpoint_wrapper(self: Any, name: str, request: Any) -> Any:
+        try:
+            resp = await self.api_endpoint(name, request)
+        except ValidationError as exc:
+            message = _validation_message(exc)
+            log.info("400 %s %s: %s", request.method, request.url.path, message)
+            resp = JSONResponse({"error": message}, status_code=400)
+        except BentoMLException as exc:
+            status = exc.error_code.value
+            if status >= 500:
+                app_module.log_exception(request)
+                message = "An unexpected error has occurred, please check the server log."
+            else:
+                message = str(exc)
+                log.info("%d %s %s: %s", status, request.method, request.url.path, message)
+            resp = JSONResponse({"error": message}, status_code=status)
+        except Exception:
+            app_module.log_exception(request)
+            resp = JSONResponse(
+                {"error": "An unexpected error has occurred, please check the server log."}, status_code=500
+            )
+        self._add_response_headers(resp)
+        ctx = self.service.context
+        if resp.background is not None:
+            ctx.response.background.tasks.append(resp.background)
+        ctx.response.background.add_task(request.close)
+        resp.background = ctx.response.background
+        del ctx.response.background
+        return resp
+
+    factory.api_endpoint_wrapper = api_endpoint_wrapper
+    factory._ukr_hw_quiet = True

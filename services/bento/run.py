@@ -38,7 +38,7 @@ def import_champion(settings: Settings | None = None) -> str:
     s = settings or get_settings()
     try:
         uri, version = resolve_model_uri(None, s)
-    except ModelNotFoundError as exc:
+    except ModelNotFoundError as exc:  # (RegistryUnavailableError is not this: it propagates with its own message)
         raise NoChampionError(f"no champion model in {s.resolved_tracking_uri()}; run `ukr-hw train` ({exc})") from exc
     tag = bento_tag(s, str(version))
     try:
@@ -63,14 +63,30 @@ def command(port: int, host: str) -> list[str]:
     return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port), "--host", host]
 
 
+def _import_in_child() -> str:
+    """:func:`import_champion` in a short-lived child process: importing bentoml, mlflow and the model's stack would
+    otherwise stay resident (~500 MB) in this process, which then only waits on the server."""
+    code = "from services.bento.run import import_champion; print(import_champion())"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        err = done.stderr.strip()
+        if "NoChampionError" in err:
+            raise NoChampionError(err.rsplit("NoChampionError: ", 1)[-1])
+        raise RuntimeError(f"importing the champion failed:\n{err[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
 def serve(port: int | None = None, host: str | None = None) -> int:
     """Import the champion, then run the BentoML server in the foreground; its exit code is returned."""
     s = get_settings()
     try:
-        tag = import_champion(s)
+        tag = _import_in_child()
     except NoChampionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # e.g. the registry is unreachable
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     # a reload token even on a fresh machine: `ukr-hw retrain` / `promote` read it from settings.admin_token_file
     env = {**os.environ, "UKR_HW_BENTO_MODEL": tag, "UKR_HW_ADMIN_TOKEN": s.ensure_admin_token()}
     cmd = command(port or s.api_port, host or s.api_host)

@@ -40,7 +40,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import bentoml
 import numpy as np
@@ -56,10 +56,19 @@ from ukr_hw.settings import get_settings
 bentoml_fixes.apply()  # BentoML 1.4.39's inter-service client fails requests in flight under load (see the module)
 bentoml_fixes.balance_accepts()  # keep-alive connections spread over the API workers instead of piling on one
 bentoml_fixes.cache_mime_types()  # BentoML generates a JSON schema per response just to find its media type
+bentoml_fixes.limit_connections()  # header timeout, keep-alive timeout, connections per source address
+bentoml_fixes.close_url_fetch()  # BentoML would download a file field given as a URL (SSRF)
+bentoml_fixes.quiet_client_errors()  # 4xx: one INFO line and {"error": ...}, not an ERROR traceback
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # an unreachable registry must fail fast
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 log = logging.getLogger("ukr_hw.serve")
+if not log.handlers:  # BentoML configures only its own loggers: client errors (INFO) and reload warnings to stderr
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
+    log.addHandler(_handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 SETTINGS = get_settings()
 BENTO_MODEL_TAG = os.environ.get("UKR_HW_BENTO_MODEL", "ukr-hw:latest")
 ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP"}
@@ -149,7 +158,12 @@ class ModelInfo(BaseModel):
     source: str = Field(description="'bento' (packed at build time) or 'registry' (loaded after the alias moved)")
     loaded_at: float = Field(description="UNIX time the model was loaded")
     registry_reachable: bool | None = Field(description="result of the last registry check (null: none yet)")
-    last_check_error: str | None = None
+    registry_status: Literal["ok", "unreachable", "no_champion"] | None = Field(
+        None,
+        description="the last registry check: ok, unreachable (an outage: the current model keeps serving) or "
+        "no_champion (reachable, but no version carries the champion alias); null: none yet",
+    )
+    last_check_error: str | None = Field(None, description="the last registry check's error (null: none)")
 
 
 class ReloadResult(BaseModel):
@@ -185,6 +199,7 @@ class UkrHwModel:
         self._stop = threading.Event()
         self.registry_reachable: bool | None = None
         self.last_check_error: str | None = None
+        self.registry_status: str | None = None
         try:
             stored = self.bento_model
         except Exception as exc:
@@ -221,13 +236,20 @@ class UkrHwModel:
             previous = self.predictor.model_version
             try:
                 uri, version = resolve_model_uri(None, SETTINGS)
-                self.registry_reachable, self.last_check_error = True, None
+                self.registry_reachable, self.last_check_error, self.registry_status = True, None, "ok"
                 REGISTRY_REACHABLE.set(1)
             except Exception as exc:
-                self.registry_reachable, self.last_check_error = False, str(exc)
-                REGISTRY_REACHABLE.set(0)
+                from ukr_hw.inference import ModelNotFoundError
+
+                no_champion = isinstance(exc, ModelNotFoundError)
+                self.registry_reachable, self.last_check_error = no_champion, str(exc)
+                self.registry_status = "no_champion" if no_champion else "unreachable"
+                REGISTRY_REACHABLE.set(1 if no_champion else 0)
                 RELOAD_FAILURES.inc()
-                log.warning("registry check failed, still serving version %s: %s", previous, exc)
+                if no_champion:
+                    log.warning("registry reachable but has no champion, still serving version %s: %s", previous, exc)
+                else:
+                    log.warning("registry unreachable, still serving version %s: %s", previous, exc)
                 return {"ok": False, "error": str(exc), "model_version": previous}
             if version == previous:
                 return {"ok": True, "model_version": previous, "previous_version": previous, "changed": False}
@@ -280,6 +302,7 @@ class UkrHwModel:
             "loaded_at": self.loaded_at,
             "registry_reachable": self.registry_reachable,
             "last_check_error": self.last_check_error,
+            "registry_status": self.registry_status,
         }
 
     @bentoml.api
@@ -378,6 +401,7 @@ def _prepare(path: Path | None, name: str, mode: Mode = DEFAULT_MODE) -> np.ndar
 
 def _error(ctx: bentoml.Context, exc: BadInput) -> JSONResponse:
     REJECTED.labels(reason=exc.reason).inc()
+    log.info("%d %s: %s", exc.status, ctx.request.url.path, exc.message)  # one line, no traceback
     ctx.response.status_code = exc.status  # BentoML copies the context's status onto the response
     return JSONResponse({"error": exc.message}, status_code=exc.status)
 
@@ -404,73 +428,252 @@ async def _multipart_problem(scope: dict, body: bytes) -> str | None:
     return None
 
 
+#: seconds the whole body of a POST may take to arrive; then 408 (a stalled or cut-short body)
+BODY_TIMEOUT_S = float(os.environ.get("UKR_HW_SERVE_BODY_TIMEOUT_S", "20"))
+#: body limit of the routes that take JSON (or nothing)
+JSON_BODY_LIMIT = 64 * 1024
+_API: Any = None  #: this worker's UkrHwApi instance (for /readyz details)
+
+
+class _TooSlow(Exception):
+    pass
+
+
+async def _respond(scope: dict, receive: Any, send: Any, status: int, message: str, reason: str) -> None:
+    REJECTED.labels(reason=reason).inc()
+    log.info("%d %s %s: %s", status, scope.get("method"), scope.get("path"), message)
+    headers = {"connection": "close"} if status in (408, 413) else None
+    await JSONResponse({"error": message}, status_code=status, headers=headers)(scope, receive, send)
+
+
+def _nullable(node: Any) -> Any:
+    """OpenAPI 3.0 form of a JSON schema: ``anyOf: [X, {type: null}]`` → X with ``nullable: true``; no ``type: null``,
+    ``file`` → ``string``/``binary``."""
+    if isinstance(node, list):
+        return [_nullable(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _nullable(v) for k, v in node.items()}
+    any_of = node.get("anyOf")
+    if isinstance(any_of, list) and {"type": "null"} in any_of:
+        rest = [a for a in any_of if a != {"type": "null"}]
+        del node["anyOf"]
+        node = {**(rest[0] if len(rest) == 1 else {"anyOf": rest}), **node, "nullable": True}
+    if node.get("type") == "file":
+        node["type"] = "string"
+    return node
+
+
+def _model_schema(model: type[BaseModel], components: dict) -> dict:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in schema.pop("$defs", {}).items():
+        components[name] = _nullable(sub)
+    components[model.__name__] = _nullable(schema)
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+_ERRORS = {
+    400: "bad input: not an image, truncated, wrong or missing field, more than one image, unknown mode",
+    401: "missing credentials",
+    403: "wrong admin token, or reload disabled",
+    408: "the request (headers or body) did not arrive in time",
+    413: "too large, in bytes or pixels",
+    415: "wrong Content-Type or image format",
+    422: "a blank canvas: no ink",
+    429: "too many requests or connections",
+    500: "server error",
+    503: "registry unreachable (reload), or the service not ready",
+}
+_ROUTE_ERRORS = {
+    "/classify": (400, 408, 413, 415, 422, 429, 500, 503),
+    "/classify_batch": (400, 408, 413, 415, 422, 429, 500, 503),
+    "/info": (400, 408, 413, 415, 429, 500, 503),
+    "/admin/reload": (400, 401, 403, 408, 413, 415, 429, 500, 503),
+}
+
+
+def _complete_openapi(spec: dict) -> dict:
+    """BentoML's document, made to match the server: every status each route answers with the one error schema,
+    nullable fields nullable, the uploads required, the admin token a security scheme."""
+    components = spec.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for name in list(schemas):
+        schemas[name] = _nullable(schemas[name])
+    for name in ("InvalidArgument", "NotFound", "InternalServerError"):
+        schemas.pop(name, None)
+    schemas["Error"] = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "what was wrong and what to send instead"}},
+    }
+    schemas["ReadyDetails"] = {
+        "type": "object",
+        "required": ["ready"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "model_version": {"type": "string", "nullable": True},
+            "registry_reachable": {"type": "boolean", "nullable": True},
+            "registry_status": {"type": "string", "nullable": True},
+            "last_check_error": {"type": "string", "nullable": True},
+        },
+    }
+    components["securitySchemes"] = {"adminToken": {"type": "http", "scheme": "bearer"}}
+    ok = {
+        "/classify": _model_schema(ClassifyResult, schemas),
+        "/classify_batch": {"type": "array", "items": _model_schema(ClassifyResult, schemas)},
+        "/info": _model_schema(ModelInfo, schemas),
+        "/admin/reload": _model_schema(ReloadResult, schemas),
+    }
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    paths = spec.get("paths", {})
+    paths.pop("/healthz", None)  # not served
+    for route, statuses in _ROUTE_ERRORS.items():
+        op = paths.get(route, {}).get("post")
+        if op is None:
+            continue
+        responses = {
+            "200": {"description": "Successful Response", "content": {"application/json": {"schema": ok[route]}}}
+        }
+        for status in statuses:
+            responses[str(status)] = {"description": _ERRORS[status], "content": error}
+        op["responses"] = responses
+        body = op.get("requestBody", {}).get("content", {})
+        if route in _FILE_FIELDS:
+            form = _nullable(body["multipart/form-data"]["schema"])
+            field = _FILE_FIELDS[route].decode()
+            if route == "/classify":
+                form["properties"][field] = {"type": "string", "format": "binary", "description": "the image"}
+            else:
+                form["properties"][field] = {
+                    "type": "array",
+                    "items": {"type": "string", "format": "binary"},
+                    "minItems": 1,
+                    "maxItems": SETTINGS.max_batch_images,
+                    "description": "the images",
+                }
+            form["required"] = [field]
+            form["properties"]["mode"].pop("nullable", None)
+            form["properties"]["mode"].pop("default", None)
+            body["multipart/form-data"]["schema"] = form
+            op["requestBody"]["required"] = True
+        if route == "/admin/reload":
+            op["security"] = [{"adminToken": []}]
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    for route in ("/livez", "/metrics"):
+        if route in paths:
+            paths[route]["get"]["responses"] = {"200": {"description": "Successful Response", "content": text}}
+    if "/readyz" in paths:
+        paths["/readyz"]["get"]["responses"] = {
+            "200": {
+                "description": "ready, with the model version and the registry's state",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReadyDetails"}}},
+            },
+            "503": {"description": "not ready yet", "content": text},
+        }
+    return spec
+
+
 class UploadGuard:
-    """ASGI middleware: on every POST refuses a multipart Content-Type without a boundary; on the upload routes caps
-    the body size before it is read into memory and refuses non-file parts in the file fields (BentoML would
-    otherwise treat such a text value as a URL to fetch)."""
+    """ASGI middleware in front of BentoML's request parsing, on every POST:
+
+    * the upload routes take only ``multipart/form-data`` (with a boundary), the other routes JSON or no body:
+      any other Content-Type is a 415 saying what to send (BentoML routes urlencoded forms to its multipart parser
+      and would treat a text value as a URL to fetch);
+    * the body is read here, capped in size before it is held in memory (413) and within ``BODY_TIMEOUT_S`` (408);
+    * on the upload routes: a malformed form, a text part in a file field, a file in a text field, unknown fields,
+      more than one ``image`` (``/classify``) or more than ``max_batch_images`` ``images`` are 400s.
+
+    Also: ``GET /readyz`` answers with details (model version, registry reachable, the last check's error), and the
+    OpenAPI document (``/docs.json``) is completed by :func:`_complete_openapi`.
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or scope.get("method") != "POST":
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        method, path = scope.get("method"), scope.get("path", "")
+        if method == "GET" and path in ("/readyz", "/docs.json"):
+            return await self._rewrite(scope, receive, send, path)
+        if method != "POST":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         content_type = headers.get(b"content-type", b"").lower()
-        if content_type.startswith(b"multipart/") and b"boundary=" not in content_type:
-            # on every POST route: BentoML's body parser fails with a 500 on a multipart type without a boundary
-            REJECTED.labels(reason="bad_content_type").inc()
-            problem = "Content-Type multipart/form-data without a boundary; let your HTTP client build the form."
-            return await JSONResponse({"error": problem}, status_code=400)(scope, receive, send)
-        multipart = content_type.startswith(b"multipart/")
-        if path not in _FILE_FIELDS and not multipart:
-            return await self.app(scope, receive, send)
-        limit = SETTINGS.max_batch_upload_bytes if path == "/classify_batch" else SETTINGS.max_upload_bytes
-        limit += 64 * 1024  # multipart framing
-        too_big = JSONResponse(
-            {"error": f"request body over {limit // 1024} KiB; send smaller images (or fewer per batch)."},
-            status_code=413,
-        )
+        media = content_type.split(b";", 1)[0].strip()
+        upload = path in _FILE_FIELDS
+        if upload:
+            field = _FILE_FIELDS[path].decode()
+            if media != b"multipart/form-data":
+                got = media.decode("latin-1")[:80] or "no Content-Type"
+                return await _respond(
+                    scope,
+                    receive,
+                    send,
+                    415,
+                    f"{got} is not accepted here: send multipart/form-data with the image file(s) in field "
+                    f"'{field}' (e.g. curl -F {field}=@drawing.png URL{path}).",
+                    "bad_content_type",
+                )
+            if b"boundary=" not in content_type:
+                return await _respond(
+                    scope,
+                    receive,
+                    send,
+                    400,
+                    "Content-Type multipart/form-data without a boundary; let your HTTP client build the form.",
+                    "bad_content_type",
+                )
+            limit = SETTINGS.max_batch_upload_bytes if path == "/classify_batch" else SETTINGS.max_upload_bytes
+            limit += 64 * 1024  # multipart framing
+        else:
+            if media and media != b"application/json":
+                return await _respond(
+                    scope,
+                    receive,
+                    send,
+                    415,
+                    f"{media.decode('latin-1')[:80]} is not accepted here: send application/json (or no body).",
+                    "bad_content_type",
+                )
+            limit = JSON_BODY_LIMIT
+        too_big = f"request body over {limit // 1024} KiB; send smaller images (or fewer per batch)."
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            REJECTED.labels(reason="too_large").inc()
-            return await too_big(scope, receive, send)
+            return await _respond(scope, receive, send, 413, too_big, "too_large")
         chunks, total, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > limit:
-                REJECTED.labels(reason="too_large").inc()
-                return await too_big(scope, receive, send)
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        deadline = time.monotonic() + BODY_TIMEOUT_S
+        try:
+            while more:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _TooSlow
+                try:
+                    message = await asyncio.wait_for(receive(), left)
+                except TimeoutError as exc:
+                    raise _TooSlow from exc
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                total += len(chunk)
+                if total > limit:
+                    return await _respond(scope, receive, send, 413, too_big, "too_large")
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+        except _TooSlow:
+            return await _respond(
+                scope,
+                receive,
+                send,
+                408,
+                f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s; send it again.",
+                "timeout",
+            )
         body = b"".join(chunks)
-        if multipart and (problem := await _multipart_problem(scope, body)):
-            REJECTED.labels(reason="bad_multipart").inc()
-            return await JSONResponse({"error": problem}, status_code=400)(scope, receive, send)
-        if multipart and path in _FILE_FIELDS:
-            field = _FILE_FIELDS[path]
-            for m in _DISPOSITION.finditer(body):
-                name = _NAME.search(m.group(0))
-                if name is None:
-                    continue
-                problem = None
-                if name.group(1) in _TEXT_FIELDS:
-                    if b"filename=" in m.group(0):
-                        got = name.group(1).decode()
-                        problem = f"field '{got}' must be a text value, not a file: e.g. -F {got}=letters."
-                elif name.group(1) != field:
-                    got = name.group(1).decode("utf-8", "replace")[:50]
-                    problem = f"unexpected form field '{got}': send the image(s) in field '{field.decode()}'."
-                elif b"filename=" not in m.group(0):
-                    problem = f"field '{field.decode()}' must be a file upload (a PNG, JPEG or WebP), not text."
-                if problem:
-                    REJECTED.labels(reason="wrong_field").inc()
-                    return await JSONResponse({"error": problem}, status_code=400)(scope, receive, send)
+        if upload and (problem := await _multipart_problem(scope, body)):
+            return await _respond(scope, receive, send, 400, problem, "bad_multipart")
+        if upload and (problem := _form_problem(path, body)):
+            return await _respond(scope, receive, send, 400, problem[0], problem[1])
         sent = False
 
         async def replay() -> dict:
@@ -481,6 +684,82 @@ class UploadGuard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _rewrite(self, scope: dict, receive: Any, send: Any, path: str) -> None:
+        """Run the route, then answer with its rewritten body: /readyz's details, /docs.json completed."""
+        import json
+
+        start: dict = {}
+        parts: list[bytes] = []
+
+        async def capture(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        status = start.get("status", 500)
+        body = b"".join(parts)
+        if status == 200 and path == "/docs.json":
+            spec = _complete_openapi(json.loads(body))
+            return await JSONResponse(spec)(scope, receive, send)
+        if status == 200 and path == "/readyz" and _API is not None:
+            try:
+                info = await asyncio.wait_for(_API.model.to_async.info(), 5)
+            except Exception as exc:  # the model service is ready (BentoML said so) but did not answer in time
+                info = {"error": f"model service did not report: {exc.__class__.__name__}"}
+            details = {
+                "ready": True,
+                "model_version": info.get("model_version"),
+                "registry_reachable": info.get("registry_reachable"),
+                "registry_status": info.get("registry_status"),
+                "last_check_error": info.get("last_check_error"),
+            }
+            return await JSONResponse(details)(scope, receive, send)
+        raw = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*raw, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _form_problem(path: str, body: bytes) -> tuple[str, str] | None:
+    """The form's fields, checked from their Content-Disposition headers: (message, reason) or None."""
+    field = _FILE_FIELDS[path]
+    files = 0
+    for m in _DISPOSITION.finditer(body):
+        name = _NAME.search(m.group(0))
+        if name is None:
+            continue
+        if name.group(1) in _TEXT_FIELDS:
+            if b"filename=" in m.group(0):
+                got = name.group(1).decode()
+                return f"field '{got}' must be a text value, not a file: e.g. -F {got}=letters.", "wrong_field"
+        elif name.group(1) != field:
+            got = name.group(1).decode("utf-8", "replace")[:50]
+            return f"unexpected form field '{got}': send the image(s) in field '{field.decode()}'.", "wrong_field"
+        elif b"filename=" not in m.group(0):
+            return f"field '{field.decode()}' must be a file upload (a PNG, JPEG or WebP), not text.", "wrong_field"
+        else:
+            files += 1
+    if path == "/classify" and files > 1:
+        return (
+            f"{files} files in field 'image': /classify reads exactly one image; send several to /classify_batch "
+            "(field 'images').",
+            "too_many",
+        )
+    if path == "/classify_batch" and files > SETTINGS.max_batch_images:
+        return (
+            f"{files} images in one request, at most {SETTINGS.max_batch_images} allowed: split them over several "
+            "requests.",
+            "too_many",
+        )
+    return None
 
 
 class Coalescer:
@@ -579,6 +858,8 @@ class UkrHwApi:
 
         self._limiter = anyio.CapacityLimiter(4)  # preprocessing threads per worker process
         self._predict = Coalescer(lambda rows: self.model.to_async.predict(rows), SETTINGS.serve_max_batch_size)
+        global _API
+        _API = self
         _warm_up_preprocessing()
         _freeze_heap()
 
