@@ -32,7 +32,7 @@ import numpy as np
 
 from ukr_hw import labels
 from ukr_hw.data.arrays import Samples
-from ukr_hw.data.parallel import chunks, pool_map
+from ukr_hw.data.parallel import chunks, pool_map, preprocess_files
 from ukr_hw.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -247,22 +247,10 @@ def pick_sessions(ids: list[str], fraction: float, seed: int, max_share: float =
     return picked
 
 
-def _prep_files(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray] | str]:
-    from ukr_hw.preprocess import PreprocessError, preprocess
-
-    out: list[tuple[np.ndarray, np.ndarray] | str] = []
-    for p in paths:
-        try:
-            g = preprocess(Path(p))
-            out.append((g.to_uint8(), g.features))
-        except (PreprocessError, OSError) as exc:
-            out.append(f"{exc.__class__.__name__}: {exc}")
-    return out
-
-
 def prep(drawings: list[Drawing], workers: int = 2) -> tuple[Samples, list[tuple[str, str]]]:
     """Every drawing through the one ``preprocess`` path → Samples (case unknown); (id, reason) of the rejects."""
-    results = [r for part in pool_map(_prep_files, chunks([str(d.file) for d in drawings], 256), workers) for r in part]
+    files = chunks([str(d.file) for d in drawings], 256)
+    results = [r for part in pool_map(preprocess_files, files, workers) for r in part]
     keep, bad, xs, inks = [], [], [], []
     for d, res in zip(drawings, results, strict=True):
         if isinstance(res, str):

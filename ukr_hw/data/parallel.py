@@ -26,3 +26,20 @@ def pool_map(fn: Callable[[T], R], items: Sequence[T], workers: int, min_per_wor
 
 def chunks(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def preprocess_files(paths: list[str]) -> list[tuple[Any, Any] | str]:
+    """Worker: each image file through the one ``preprocess`` function → ``(uint8 28×28, ink features)``, or an
+    error message in its place (a file that cannot be read or holds no ink), so a caller can report it by name."""
+    from pathlib import Path
+
+    from ukr_hw.preprocess import PreprocessError, preprocess
+
+    out: list[tuple[Any, Any] | str] = []
+    for p in paths:
+        try:
+            g = preprocess(Path(p))
+            out.append((g.to_uint8(), g.features))
+        except (PreprocessError, OSError) as exc:
+            out.append(f"{exc.__class__.__name__}: {exc}")
+    return out

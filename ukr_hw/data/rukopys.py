@@ -20,7 +20,7 @@ import numpy as np
 
 from ukr_hw import labels
 from ukr_hw.data.arrays import Samples
-from ukr_hw.data.parallel import chunks, pool_map
+from ukr_hw.data.parallel import chunks, pool_map, preprocess_files
 
 log = logging.getLogger(__name__)
 
@@ -137,26 +137,12 @@ def write_bad_rows(bad: list[BadRow], path: Path) -> Path:
     return path
 
 
-def _prep_files(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray] | str]:
-    """Worker: each file through the one preprocess function; an error message instead of a result on failure."""
-    from ukr_hw.preprocess import PreprocessError, preprocess
-
-    out: list[tuple[np.ndarray, np.ndarray] | str] = []
-    for p in paths:
-        try:
-            g = preprocess(Path(p))
-            out.append((g.to_uint8(), g.features))
-        except (PreprocessError, OSError) as exc:
-            out.append(f"{exc.__class__.__name__}: {exc}")
-    return out
-
-
 def prep_glyphs(rows: list[GlyphRow], workers: int = 2) -> tuple[Samples, list[BadRow]]:
     """Every clean row's scan → :class:`Samples` (source ``rukopys``, id ``rukopys/<file>``).
 
     A scan that cannot be read or holds no ink becomes a :class:`BadRow` naming the file and the reason.
     """
-    results = [r for part in pool_map(_prep_files, chunks([str(r.file) for r in rows], 32), workers) for r in part]
+    results = [r for part in pool_map(preprocess_files, chunks([str(r.file) for r in rows], 32), workers) for r in part]
     keep, bad = [], []
     xs, inks = [], []
     for row, res in zip(rows, results, strict=True):
