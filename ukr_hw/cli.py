@@ -49,7 +49,13 @@ def _pipeline(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ukr_hw.inference import InvalidModeError, ModelNotFoundError, parse_mode, predict_paths
+    from ukr_hw.inference import (
+        InvalidModeError,
+        ModelNotFoundError,
+        RegistryUnavailableError,
+        parse_mode,
+        predict_paths,
+    )
 
     try:
         mode = parse_mode(args.mode)
@@ -61,7 +67,7 @@ def _predict(args: argparse.Namespace) -> int:
         for result in predict_paths(args.images, model_uri=args.model, batch_size=args.batch_size, mode=mode):
             failed += "error" in result
             _print_json(result)
-    except ModelNotFoundError as exc:
+    except (ModelNotFoundError, RegistryUnavailableError) as exc:  # no champion, or the registry is down
         print(f"ukr-hw predict: {exc}", file=sys.stderr)
         return 2
     return 1 if failed and failed == len(args.images) else 0
