@@ -227,14 +227,19 @@ def test_only_the_sketchpad_and_the_api_gateway_are_published() -> None:
 def test_control_planes_live_on_the_internal_network() -> None:
     backend = COMPOSE["networks"]["backend"]
     assert backend["internal"] is True
-    for name in ("postgres", "minio", "mlflow", "prefect-server", "minio-init", "bootstrap", "api"):
+    for name in ("postgres", "minio", "mlflow", "minio-init", "bootstrap", "api"):
         assert SERVICES[name]["networks"] == ["backend"], f"{name} belongs on the internal network only"
+    # the Prefect server sends the "retrain failed" notification itself: a way out, never a published port
+    assert SERVICES["prefect-server"]["networks"] == ["backend", "egress"] and "ports" not in SERVICES["prefect-server"]
+    assert "internal" not in COMPOSE["networks"]["egress"] and not any(
+        "egress" in s["networks"] and s.get("ports") for s in SERVICES.values()
+    )
     for name, svc in SERVICES.items():
         assert "backend" in svc["networks"], name
         assert "network_mode" not in svc, name
     for name, nets in {n: s["networks"] for n, s in SERVICES.items()}.items():
         if "egress" in nets:
-            assert name == "prefect-worker" and "ports" not in SERVICES[name]
+            assert name in ("prefect-worker", "prefect-server") and "ports" not in SERVICES[name]
 
 
 def test_operator_override_publishes_on_loopback_only() -> None:
