@@ -295,25 +295,9 @@ class Predictor:
 
     def predict_arrays(self, x: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``x`` (N,28,28) float in [0,1] (uint8 0-255 accepted), ``ink`` (N,2) → ``(probs (N,43), P(upper) (N,))``."""
-        import torch
+        from ukr_hw.model.network import predict_arrays
 
-        x = np.asarray(x)
-        if x.dtype == np.uint8:
-            x = x.astype(np.float32) / 255.0
-        x = np.asarray(x, dtype=np.float32).reshape(-1, 28, 28)
-        ink = np.asarray(ink, dtype=np.float32).reshape(-1, 2)
-        if len(x) != len(ink):
-            raise ValueError(f"{len(x)} images but {len(ink)} ink rows; pass one [height, width] pair per image")
-        probs = np.empty((len(x), NUM_CLASSES), dtype=np.float32)
-        case = np.empty((len(x),), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(x), self.batch_size):
-                xb = torch.from_numpy(x[start : start + self.batch_size]).unsqueeze(1)
-                ib = torch.from_numpy(ink[start : start + self.batch_size])
-                logits, case_logit = self.net(xb, ib)
-                probs[start : start + len(xb)] = torch.softmax(logits.float(), dim=1).numpy()
-                case[start : start + len(xb)] = torch.sigmoid(case_logit.float()).numpy()
-        return probs, case
+        return predict_arrays(self.net, x, ink, self.batch_size)
 
     def predict_glyphs(self, glyphs: Sequence[Any], mode: str | None = DEFAULT_MODE) -> list[dict[str, Any]]:
         """Results for preprocessed :class:`~ukr_hw.preprocess.Glyph` objects, read under ``mode``."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -262,3 +263,28 @@ def build_network(config: NetConfig | dict | None = None) -> Network:
     if members > 1:
         return EnsembleNet([UkrHwNet(config) for _ in range(members)])
     return UkrHwNet(config)
+
+
+def predict_arrays(
+    net: nn.Module, x: np.ndarray, ink: np.ndarray, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` (N,28,28) float in [0,1] (uint8 0-255 accepted), ``ink`` (N,2) → ``(probs (N,43), P(upper) (N,))``, in
+    batches of ``batch_size`` with ``net`` as it is (callers put it in eval mode). Shared by
+    :class:`ukr_hw.inference.Predictor` and the portable MLflow model, which ships this module."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    x = np.asarray(x, dtype=np.float32).reshape(-1, 28, 28)
+    ink = np.asarray(ink, dtype=np.float32).reshape(-1, 2)
+    if len(x) != len(ink):
+        raise ValueError(f"{len(x)} images but {len(ink)} ink rows; pass one [height, width] pair per image")
+    probs = np.empty((len(x), NUM_CLASSES), dtype=np.float32)
+    case = np.empty((len(x),), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            xb = torch.from_numpy(x[start : start + batch_size]).unsqueeze(1)
+            ib = torch.from_numpy(ink[start : start + batch_size])
+            logits, case_logit = net(xb, ib)
+            probs[start : start + len(xb)] = torch.softmax(logits.float(), dim=1).numpy()
+            case[start : start + len(xb)] = torch.sigmoid(case_logit.float()).numpy()
+    return probs, case

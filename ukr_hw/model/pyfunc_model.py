@@ -65,38 +65,20 @@ class ArrayPredictor:
     def __init__(
         self,
         net: Any,
+        network: Any,
         model_version: str | None = None,
         batch_size: int = 256,
         preprocess_version: int = 1,
-        num_classes: int = 43,
     ) -> None:
         self.net = net.eval()
-        self.num_classes = num_classes
+        self.network = network  #: the model's own copy of the network module (its predict_arrays)
         self.model_version = None if model_version is None else str(model_version)
         self.batch_size = batch_size
         self.preprocess_version = preprocess_version
 
     def predict_arrays(self, x: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``x`` (N,28,28) float in [0,1] (uint8 0-255 accepted), ``ink`` (N,2) → ``(probs (N,43), P(upper) (N,))``."""
-        import torch
-
-        x = np.asarray(x)
-        if x.dtype == np.uint8:
-            x = x.astype(np.float32) / 255.0
-        x = np.asarray(x, dtype=np.float32).reshape(-1, 28, 28)
-        ink = np.asarray(ink, dtype=np.float32).reshape(-1, 2)
-        if len(x) != len(ink):
-            raise ValueError(f"{len(x)} images but {len(ink)} ink rows; pass one [height, width] pair per image")
-        probs = np.empty((len(x), self.num_classes), dtype=np.float32)
-        case = np.empty((len(x),), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(x), self.batch_size):
-                xb = torch.from_numpy(x[start : start + self.batch_size]).unsqueeze(1)
-                ib = torch.from_numpy(ink[start : start + self.batch_size])
-                logits, case_logit = self.net(xb, ib)
-                probs[start : start + len(xb)] = torch.softmax(logits.float(), dim=1).numpy()
-                case[start : start + len(xb)] = torch.sigmoid(case_logit.float()).numpy()
-        return probs, case
+        return self.network.predict_arrays(self.net, x, ink, self.batch_size)
 
 
 class UkrHwPyfunc(PythonModel):
@@ -112,9 +94,9 @@ class UkrHwPyfunc(PythonModel):
         version = (getattr(context, "model_config", None) or {}).get("model_version")
         self.predictor = ArrayPredictor(
             net,
+            network,
             version,
             preprocess_version=int(config.get("preprocess_version", 1)),
-            num_classes=network.NUM_CLASSES,
         )
 
     def predict(self, context, model_input, params=None):
