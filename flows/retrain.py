@@ -18,9 +18,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.prepare import dvc_version as version  # the same task: dvc add + push, retried alike
 from ukr_hw import retraining
 from ukr_hw.bootstrap import data_lock, last_try, retry_if_transient
-from ukr_hw.data import versioning
 from ukr_hw.feedback import FeedbackStore
 from ukr_hw.settings import Settings, get_settings
 
@@ -41,18 +41,6 @@ def collect(settings: Settings) -> retraining.Collected:
 def add_to_data(collected: retraining.Collected, settings: Settings) -> dict[str, int]:
     train_part, test_part = retraining.split_roles(collected.samples, settings)
     return retraining.add_to_data(train_part, test_part, settings)
-
-
-@task(
-    name="dvc-version",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[30, 120],
-    retry_condition_fn=retry_if_transient,  # `dvc add` is idempotent; the push to the remote is the network part
-    timeout_seconds=3600,
-)
-def version(settings: Settings) -> str:
-    return versioning.version_data(settings, push=settings.dvc_push)
 
 
 @task(name="finetune-from-champion", cache_policy=NO_CACHE)
@@ -106,7 +94,7 @@ def retrain(config_path: str | None = None, overrides: dict[str, Any] | None = N
             )
             return {"status": "no_new_samples", **summary}
         summary["data_sizes"] = add_to_data(collected, settings)
-        data_version = version(settings)
+        data_version = version(settings, settings.dvc_push)
         trained = finetune(str(config_path) if config_path else None, overrides, settings)
         registration = register(trained, data_version, collected, settings)
         summary.update(
