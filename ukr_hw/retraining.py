@@ -316,6 +316,9 @@ def register(
             settings=s,
             rejection_note=lambda version: _users_hint(version, user_report, champion_user),
             users=(user_report.metrics, champion_user.metrics) if user_report and champion_user else None,
+            champion_scored=(trained["champion_version"], trained["champion_test_report"].metrics)
+            if trained.get("champion_test_report") is not None
+            else None,
         )
         client = mlflow.MlflowClient(tracking_uri=s.resolved_tracking_uri(), registry_uri=s.resolved_tracking_uri())
         client.set_model_version_tag(s.model_name, reg.version, "feedback_samples", str(len(roles)))

@@ -531,14 +531,25 @@ def _as_users(metrics: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def _champion_metrics(client: Any, current: Any, report: EvalReportLike, settings: Settings) -> dict[str, float]:
+def _champion_metrics(
+    client: Any,
+    current: Any,
+    report: EvalReportLike,
+    settings: Settings,
+    scored: tuple[str, Mapping[str, float]] | None = None,
+) -> dict[str, float]:
     """The champion scored on the very glyphs the new model was (``report.samples``), so that both are judged on
-    every population of today's split, CoMNIST's sessions included; its recorded metrics when it cannot be loaded."""
+    every population of today's split, CoMNIST's sessions included; its recorded metrics when it cannot be loaded.
+
+    ``scored`` = (version, metrics) of a champion the caller already scored on those glyphs (a retrain does, before
+    training): used as they are when that version still holds the alias, instead of loading and scoring it again."""
     import logging
 
     from ukr_hw.inference import load_net
     from ukr_hw.model.evaluate import evaluate
 
+    if scored is not None and str(scored[0]) == str(current.version):
+        return {k: float(scored[1][k]) for k in population_keys(scored[1])}
     recorded = _version_metrics(client, current)
     samples = getattr(report, "samples", None)
     if samples is None or not len(samples):
@@ -585,11 +596,13 @@ def log_model_and_register(
     settings: Settings | None = None,
     rejection_note: Callable[[str], str] | None = None,
     users: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
+    champion_scored: tuple[str, Mapping[str, float]] | None = None,
 ) -> Registration:
     """Log the model into the active run (one is started if none is), register it and apply the promotion rule.
 
     ``users`` = (the new model's, the champion's) metrics on users' held-out drawings (a retrain has them): the
-    gate weighs them as one more population, ``users``.
+    gate weighs them as one more population, ``users``. ``champion_scored`` = (version, metrics) of the champion
+    already scored on ``report``'s glyphs, so the gate need not score it again.
 
     Logs ``params``, the report (via :func:`log_eval` unless ``test_*`` metrics are already in the run), the
     model, then registers it as ``registered_name`` (default ``settings.model_name``). The version's tags hold its
@@ -611,6 +624,7 @@ def log_model_and_register(
                 settings=s,
                 rejection_note=rejection_note,
                 users=users,
+                champion_scored=champion_scored,
             )
     client = _client(s)
     run = mlflow.active_run()
@@ -642,7 +656,7 @@ def log_model_and_register(
         current = client.get_model_version_by_alias(name, s.champion_alias)
     except MlflowException:
         current = None
-    champ = None if current is None else _champion_metrics(client, current, report, s)
+    champ = None if current is None else _champion_metrics(client, current, report, s, champion_scored)
     if users is not None and champ is not None:  # users' held-out drawings, both models scored on the same ones
         new, champ = {**new, **_as_users(users[0])}, {**champ, **_as_users(users[1])}
     n = int(report.metrics.get("n", 0)) or None
