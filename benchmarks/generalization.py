@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ukr_hw.labels import LOOKALIKE_PAIRS
 from ukr_hw.model.evaluate import EvalReport, evaluate, predict_samples
-from ukr_hw.model.heldout import build_sets, real_sets, score
+from ukr_hw.model.heldout import SETS, build_sets, real_sets, score
 from ukr_hw.settings import get_settings
 
 
@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-SYNTHETIC = ("fonts-heldout", "strokes-light", "strokes-dark", "strokes-cursive", "paper-plain", "paper-squared")
-SYNTHETIC += ("paper-cursive",)
+SYNTHETIC = tuple(n for n in SETS if n != "finetune-test")  #: the generated sets; the real ones come first
 
 
 def _log(reports: dict[str, EvalReport], version: str | None, settings) -> None:
