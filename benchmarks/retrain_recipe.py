@@ -11,7 +11,7 @@
      ``ukr-hw retrain`` runs.
    - *training recipe*: the champion's weights with ``finetune`` as the first training had it (``retrain: {}``).
 3. Every model is scored on ``--probes`` drawings of the form by other writers, on the frozen split (the promotion
-   gate: symbol accuracy ≥ the champion's, case within the tolerance) and on the held-out sets of
+   gate: a paired test per population, ``tracking.decide_promotion``) and on the held-out sets of
    ``benchmarks/recipe.py``.
 
 Prints one row per model and, per recipe, the mean and how many models the gate would promote.
@@ -30,7 +30,7 @@ from case_refit import data_with_feedback
 from ukr_hw import tracking
 from ukr_hw.data.arrays import Samples
 from ukr_hw.data.strokes import UNSEEN_FORMS, render_stroke_glyphs
-from ukr_hw.model.evaluate import predict_samples
+from ukr_hw.model.evaluate import Outcomes, predict_samples
 from ukr_hw.model.heldout import cached_sets, score
 from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_from_champion
 from ukr_hw.settings import Settings, get_settings
@@ -78,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         out = {}
         for n, s in sets.items():
             probs, case_prob = predict_samples(net, s)
-            out[n] = {**score(probs, case_prob, s), "right": probs.argmax(1) == s.y}
+            right = Outcomes.of(s, probs.argmax(1), (case_prob >= 0.5).astype(np.int8))
+            out[n] = {**score(probs, case_prob, s), "right": probs.argmax(1) == s.y, "outcomes": right}
         return out
 
     def line(r: dict[str, dict]) -> str:
         return "  ".join(f"{n} {r[n]['symbol_accuracy']:.3f}/{r[n]['case_accuracy']:.3f}" for n in names)
 
     base = scores(champion)
-    frozen = {k: base["finetune-test"][k] for k in ("symbol_accuracy", "case_accuracy")}
     print(f"champion v{tracking.champion_version(settings)}: {line(base)}\n", flush=True)
 
     rows: dict[str, list[dict]] = {r: [] for r in recipes}
@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                     overrides={**overrides, "seed": str(seed), "trainer.progress": "false"}, settings=data
                 )
                 r = scores(trained["net"])
-                new = {k: r["finetune-test"][k] for k in frozen}
-                promote, why = tracking.decide_promotion(
-                    new, frozen, settings.promotion_case_tolerance, len(sets["finetune-test"])
+                gate = tracking.decide_promotion(
+                    r["finetune-test"]["outcomes"], base["finetune-test"]["outcomes"], settings.promotion_alpha
                 )
+                promote, why = gate.promote, gate.reason
                 was, now = base["finetune-test"]["right"], r["finetune-test"]["right"]
                 flips = {"fixed": int((~was & now).sum()), "broken": int((was & ~now).sum())}
                 rows[name].append({**r, "promote": promote, **flips})

@@ -1,5 +1,5 @@
 """The data-prep flow: ingest → (Rukopys clean → glyphs) ∥ (MNIST decode → preprocess) ∥ (CoMNIST → drawings)
-∥ fonts ∥ sketchpad strokes → split → version.
+∥ (users' samples in ``data/raw/feedback`` → drawings) ∥ fonts ∥ sketchpad strokes → split → version.
 
 Thin by design: every task is one call into :mod:`ukr_hw.data.steps`. The two data branches and the font
 rendering run concurrently. Warm runs are fast twice over: the expensive steps skip their work when their outputs
@@ -83,6 +83,11 @@ def comnist_prep(comnist_dir: str | None, settings: Settings) -> dict[str, Any]:
     return steps.prep_comnist(comnist_dir, settings)
 
 
+@task(name="feedback-prep", cache_policy=NO_CACHE)
+def feedback_prep(settings: Settings) -> dict[str, Any]:
+    return steps.prep_feedback(settings)
+
+
 @task(name="font-glyphs", cache_policy=NO_CACHE)
 def font_glyphs(settings: Settings) -> int:
     return steps.render_fonts(settings)
@@ -95,9 +100,13 @@ def stroke_glyphs(settings: Settings) -> int:
 
 @task(name="merge-split", cache_policy=NO_CACHE)
 def merge_split(
-    rukopys_info: dict[str, Any], mnist_info: dict[str, Any], comnist_info: dict[str, Any], settings: Settings
+    rukopys_info: dict[str, Any],
+    mnist_info: dict[str, Any],
+    comnist_info: dict[str, Any],
+    settings: Settings,
+    feedback_info: dict[str, Any] | None = None,
 ) -> dict[str, int]:
-    return steps.merge_and_split(rukopys_info, mnist_info, settings, comnist_info)
+    return steps.merge_and_split(rukopys_info, mnist_info, settings, comnist_info, feedback_info)
 
 
 @task(name="preview", cache_policy=NO_CACHE)
@@ -136,9 +145,11 @@ def prepare(mnist_per_class: int | None = None, push: bool = True) -> dict[str, 
         ruk = glyph_prep.submit(clean_rukopys.submit(ruk_dir), settings)
         digits = mnist_prep.submit(mnist_dir, settings)
         drawings_comnist = comnist_prep.submit(comnist_dir, settings)
+        users = feedback_prep.submit(settings)  # data/raw/feedback, as the retrain flow took it in
         # .result() re-raises a failed branch's own error (a clear message), not a vague "upstream not ready"
         ruk_info, mnist_info, comnist_info = ruk.result(), digits.result(), drawings_comnist.result()
-        sizes = merge_split(ruk_info, mnist_info, comnist_info, settings)
+        feedback_info = users.result()
+        sizes = merge_split(ruk_info, mnist_info, comnist_info, settings, feedback_info)
         preview(settings)
         n_synthetic, n_strokes = fonts.result(), drawings.result()
         version = dvc_version(settings, push)
@@ -153,7 +164,10 @@ def prepare(mnist_per_class: int | None = None, push: bool = True) -> dict[str, 
         "comnist": comnist_info["n"],
         "comnist_sessions": comnist_info["sessions"],
         "comnist_excluded": comnist_info["excluded"],  # Ё Ъ Ы Э: not Ukrainian letters
+        # users' samples: in train, held out, rejected since their snapshot, unreadable by today's preprocessing
+        "feedback": {k: feedback_info[k] for k in ("train", "user_test", "rejected", "bad")},
         "data_version": version,
+        "raw_version": versioning.raw_version(settings),
     }
 
 

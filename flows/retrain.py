@@ -1,13 +1,16 @@
-"""The weekly retrain flow: feedback → validated samples → TRAIN (+ user-drawings test set) → DVC data version →
-fine-tune from the champion → evaluate → register / promote under the gate → lineage → tell the API to reload.
+"""The weekly retrain flow: feedback → validated samples → the raw snapshot ``data/raw/feedback`` → the prepare flow
+(every raw source → TRAIN + the user-drawings test set → DVC data version) → fine-tune from the champion → evaluate
+→ register / promote under the gate → lineage → tell the API to reload.
 
-Thin: every task is one call into :mod:`ukr_hw.retraining` (or the data/versioning modules). With no new valid
+Thin: every task is one call into :mod:`ukr_hw.retraining`; the data is built by the same prepare flow as always
+(a subflow), so what a retrain trained on is what ``ukr-hw prepare`` rebuilds from data/raw. With no new valid
 samples it ends early and says so. Deployed by ``prefect.yaml`` as ``retrain/weekly`` (Monday 03:00 Europe/Kyiv).
 
-Operations: the flow holds the data lock (:func:`ukr_hw.bootstrap.data_lock`) while it adds to and versions
-``data/processed`` and fine-tunes on it; the network-bound tasks retry with back-off and have timeouts: reading
-the feedback bucket, the DVC push, registering (transient errors only: :func:`ukr_hw.bootstrap.retry_if_transient`)
-and the API reload (which ends with a warning, never a failure: the API's registry poll finds the champion too).
+Operations: the flow holds the data lock (:func:`ukr_hw.bootstrap.data_lock`) while it adds to ``data/raw/feedback``,
+rebuilds and versions ``data/processed`` and fine-tunes on it; the network-bound tasks retry with back-off and have
+timeouts: reading the feedback bucket, the DVC push, registering (transient errors only:
+:func:`ukr_hw.bootstrap.retry_if_transient`) and the API reload (which ends with a warning, never a failure: the
+API's registry poll finds the champion too).
 A failed run is told by the bootstrap's automation (docs/deploy.md).
 """
 
@@ -18,7 +21,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.prepare import dvc_version as version  # the same task: dvc add + push, retried alike
+from flows.prepare import dvc_version as version  # noqa: F401  the task that versions the data (via prepare)
+from flows.prepare import prepare
 from ukr_hw import retraining
 from ukr_hw.bootstrap import data_lock, last_try, retry_if_transient
 from ukr_hw.feedback import FeedbackStore
@@ -37,10 +41,16 @@ def collect(settings: Settings) -> retraining.Collected:
     return retraining.collect(FeedbackStore.from_settings(settings), settings)
 
 
-@task(name="add-to-data", cache_policy=NO_CACHE)
-def add_to_data(collected: retraining.Collected, settings: Settings) -> dict[str, int]:
-    train_part, test_part = retraining.split_roles(collected.samples, settings)
-    return retraining.add_to_data(train_part, test_part, settings)
+@task(
+    name="ingest-feedback",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=[10, 60, 180],
+    retry_condition_fn=retry_if_transient,  # it may read samples back from S3; the snapshot is idempotent
+    timeout_seconds=1800,
+)
+def ingest_feedback(collected: retraining.Collected, settings: Settings) -> dict[str, int]:
+    return retraining.ingest(collected, settings, FeedbackStore.from_settings(settings))
 
 
 @task(name="finetune-from-champion", cache_policy=NO_CACHE)
@@ -84,6 +94,7 @@ def retrain(config_path: str | None = None, overrides: dict[str, Any] | None = N
         summary: dict[str, Any] = {
             "new_samples": len(collected.samples),
             "quarantined": collected.quarantined,
+            "deferred": len(collected.deferred),  # over their source's share: a later retrain takes them
         }
         if len(collected.samples) < settings.retrain_min_samples:
             logger.info(
@@ -93,8 +104,10 @@ def retrain(config_path: str | None = None, overrides: dict[str, Any] | None = N
                 len(collected.quarantined),
             )
             return {"status": "no_new_samples", **summary}
-        summary["data_sizes"] = add_to_data(collected, settings)
-        data_version = version(settings, settings.dvc_push)
+        summary["ingested"] = ingest_feedback(collected, settings)
+        prepared = prepare(push=settings.dvc_push)  # a subflow: the data lock is re-entrant
+        summary["data_sizes"] = {"train": prepared["train"], "user_test": prepared["feedback"]["user_test"]}
+        data_version = prepared["data_version"]
         trained = finetune(str(config_path) if config_path else None, overrides, settings)
         registration = register(trained, data_version, collected, settings)
         summary.update(

@@ -187,7 +187,8 @@ def test_retrain_learns_from_feedback_with_lineage(project) -> None:
 
 
 def test_rerun_after_crash_does_not_duplicate(project) -> None:
-    """Samples appended to the data by a run that crashed before registering are taken once by the next run."""
+    """Samples taken in (snapshotted into data/raw/feedback) by a run that crashed before registering are taken once
+    by the next run."""
     from flows.retrain import retrain
     from ukr_hw import lineage, retraining
     from ukr_hw.data.arrays import load_samples
@@ -195,10 +196,10 @@ def test_rerun_after_crash_does_not_duplicate(project) -> None:
     s = project["settings"]
     store = _store()
     ids = [store.save(drawing("5", None, seed=100 + i), "5", None) for i in range(4)]
-    # the crashed run: collected and appended, then died before versioning/registration
+    # the crashed run: collected and snapshotted, then died before preparing/registration
     collected = retraining.collect(store, s)
     assert sorted(collected.samples.id.tolist()) == sorted(ids)
-    retraining.add_to_data(*retraining.split_roles(collected.samples, s), s)
+    assert retraining.ingest(collected, s)["snapshotted"] == 4
     result = retrain()
     assert result["status"] == "retrained" and result["new_samples"] == 4
     train = load_samples(s.processed_dir / "finetune_train.npz")
@@ -238,6 +239,202 @@ def test_a_late_upload_from_the_spool_and_a_rejection(project) -> None:
     assert late_id in got.samples.id.tolist()
     assert wrong not in got.samples.id.tolist() and got.rejected == 1
     assert wrong in store.rejected_ids()  # kept and marked, not deleted
+
+
+def _take_in(collected, s) -> None:
+    """What a registered retrain records in lineage for the samples it took in (no training needed here)."""
+    from ukr_hw import lineage, retraining
+
+    lineage.record_samples(
+        [
+            lineage.IngestedSample(
+                sample_id=sid,
+                key=rec["key"],
+                symbol=rec["symbol"],
+                is_uppercase=rec["is_uppercase"],
+                role=retraining.role_of(sid, s.user_test_fraction),
+                created_at=rec["created_at"],
+            )
+            for sid, rec in collected.records.items()
+        ],
+        s,
+    )
+
+
+def test_one_source_gets_at_most_its_share_and_the_rest_waits(project) -> None:
+    """At most ``retrain_max_source_share`` of one retrain's new samples come from one source (the salted sender
+    address); the oldest are taken, the rest are recorded as deferred and come in with a later retrain, however far
+    the high-water mark has moved on by then."""
+    from datetime import UTC, datetime, timedelta
+
+    from ukr_hw import lineage, retraining
+    from ukr_hw.feedback import new_sample_id, ref_for_id
+    from ukr_hw.settings import get_settings
+
+    s = project["settings"]
+    store = _store()
+    _take_in(retraining.collect(store, get_settings(retrain_max_source_share=1.0)), s)  # what earlier tests left
+    flood = [store.save(drawing("7", None, seed=300 + i), "7", None, source="src-aaaaaaaaaaaaaaaa") for i in range(6)]
+    others = [store.save(drawing("2", None, seed=320 + i), "2", None, source="src-bbbbbbbbbbbbbbbb") for i in range(2)]
+    others += [store.save(drawing("3", None, seed=340 + i), "3", None, source=None) for i in range(2)]  # unknown
+    capped = get_settings(retrain_max_source_share=0.5, retrain_source_min_samples=0)
+    got = retraining.collect(store, capped)
+    # 4 of the flood's 6 (its oldest) against 2 + 2 of the others: the flood is half of what is taken, no more
+    assert got.samples.id.tolist() == sorted(flood[:4] + others)
+    assert got.deferred == flood[4:]
+    assert set(flood[4:]) <= set(lineage.deferred_samples(s))
+    _take_in(got, s)
+    # the next retrain takes the deferred ones (with no new ones from others, the floor lets a lone source in)
+    later = retraining.collect(store, get_settings(retrain_source_min_samples=2))
+    assert later.samples.id.tolist() == flood[4:] and later.deferred == []
+    _take_in(later, s)
+    assert not set(flood) & set(lineage.deferred_samples(s))  # taken in: no longer waiting
+    # a sample deferred days before the newest one taken in is still listed: the listing reaches back to it
+    sid = store.save(drawing("7", None, seed=360), "7", None, source="src-aaaaaaaaaaaaaaaa")
+    png, record = store.read(ref_for_id(sid))
+    for key in (ref_for_id(sid).json_key, ref_for_id(sid).png_key):
+        store.backend.delete(key)
+    drawn = datetime.now(UTC) - timedelta(days=5)
+    old = ref_for_id(new_sample_id(drawn))
+    record = {**record, "sample_id": old.sample_id, "created_at": drawn.isoformat().replace("+00:00", "Z")}
+    store.backend.put(old.png_key, png, "image/png")
+    store.backend.put(old.json_key, json.dumps(record).encode(), "application/json")
+    newest = lineage.latest_created_at(s)
+    assert newest is not None and newest - drawn > retraining.LISTING_SLACK
+    assert old.sample_id not in retraining.collect(store, s).samples.id.tolist()  # outside the window: not listed
+    lineage.record_deferred([(old.sample_id, record["created_at"], record["source"])], s)  # as a capped retrain does
+    assert retraining.collect(store, s).samples.id.tolist() == [old.sample_id]
+    store.reject(old.sample_id, "test: never to be trained on")  # a rejected deferred sample stops widening the list
+    assert retraining.collect(store, s).samples.id.tolist() == []
+    assert old.sample_id not in lineage.deferred_samples(s)
+
+
+def _users_in_data(s) -> tuple[dict[str, str], Any, Any]:
+    """sample id → role of every feedback sample in the prepared data; the train and user_test arrays."""
+    from ukr_hw import retraining
+    from ukr_hw.data.arrays import load_samples
+
+    train = load_samples(s.processed_dir / "finetune_train.npz")
+    user = retraining.load_user_test(s)
+    return retraining.feedback_in_data(s), train, user
+
+
+def test_no_sample_is_lost_when_prepare_runs_again(project) -> None:
+    """Users' samples are a raw source: a re-run of prepare, even from scratch, as a preprocessing version bump makes
+    it (every step cache stale), rebuilds the same training set and users' test set, every user sample in its role.
+    On the old code (feedback appended to the processed files) every user sample was gone after it."""
+    from flows.prepare import prepare
+    from ukr_hw import retraining
+    from ukr_hw.data import feedback_raw
+
+    s = project["settings"]
+    store = _store()
+    new = [store.save(drawing("ж", False, seed=400 + i), "ж", False, source=f"src-{i:016x}") for i in range(6)]
+    collected = retraining.collect(store, s)
+    assert set(new) <= set(collected.samples.id.tolist())
+    # the retrain's take-in; it also snapshots what lineage took in without a snapshot (the share-cap test above did,
+    # as every retrain did before users' samples were raw data), so none of those is lost either
+    taken = retraining.ingest(collected, s, store)
+    assert taken["snapshotted"] == len(collected.samples) and taken["backfilled"] >= 10
+    records = {r["sample_id"]: r for r in feedback_raw.read_records(s)}
+    expected = {sid: r["role"] for sid, r in records.items() if sid not in feedback_raw.read_rejected(s)}
+    assert set(new) <= set(expected) and len(expected) >= 10 + 4 + 10 + 6  # the earlier retrains' samples too
+    assert all((feedback_raw.feedback_dir(s) / f"{sid}.png").exists() for sid in records)
+
+    warm = prepare()
+    roles, train, user = _users_in_data(s)
+    assert roles == expected  # every one, each in the role fixed at take-in
+    assert warm["feedback"]["train"] + warm["feedback"]["user_test"] == len(expected)
+    assert warm["raw_version"] and warm["data_version"]
+
+    # from scratch: a preprocessing version bump makes every step rebuild from data/raw; deleting every prepared
+    # file and step cache forces exactly that rebuild
+    shutil.rmtree(s.processed_dir)
+    cold = prepare()
+    roles_after, train_after, user_after = _users_in_data(s)
+    assert roles_after == expected
+    # the same data, byte for byte
+    assert train_after.digest() == train.digest() and user_after.digest() == user.digest()
+    assert cold["data_version"] == warm["data_version"] and cold["raw_version"] == warm["raw_version"]
+
+
+def test_a_sample_rejected_after_its_snapshot_leaves_training(project) -> None:
+    """An operator rejects samples that are already in the snapshot: the next prepare drops them from training and
+    from users' test set; image and record stay (in the store and in data/raw/feedback), and a take-back restores."""
+    from flows.prepare import prepare
+    from ukr_hw.data import feedback_raw
+
+    s = project["settings"]
+    store = _store()
+    roles, _, _ = _users_in_data(s)
+    in_train = next(sid for sid, role in sorted(roles.items()) if role == "train")
+    # 30-odd samples at a held-out share of 0.3: none of them held out happens once in some 40,000 runs
+    in_test = next((sid for sid, role in sorted(roles.items()) if role == "user_test"), None)
+    rejected = {in_train} | ({in_test} if in_test else set())
+    for sid in rejected:
+        store.reject(sid, "test: a wrong label")
+    summary = prepare()
+    roles_after, train, user = _users_in_data(s)
+    assert in_train not in set(train.id.tolist()) and in_test not in set(user.id.tolist())
+    assert set(roles) - set(roles_after) == rejected
+    assert summary["feedback"]["rejected"] >= len(rejected)
+    assert feedback_raw.read_rejected(s)[in_train] == "test: a wrong label"
+    assert (feedback_raw.feedback_dir(s) / f"{in_train}.png").exists() and in_train in store.rejected_ids()
+    assert in_train in {r["sample_id"] for r in feedback_raw.read_records(s)}
+    # the operator takes one back: the next prepare has it again
+    n_train = feedback_raw.prep(s)["train"]
+    assert store.unreject(in_train)
+    assert feedback_raw.sync_from_store(s)["restored"] == [in_train]
+    assert feedback_raw.prep(s)["train"] == n_train + 1
+
+
+def test_snapshot_is_idempotent_and_keeps_rejections_without_the_store(tmp_path) -> None:
+    """The snapshot's own rules, without servers: a repeated take-in adds nothing, an altered image is refused, and a
+    rejection is taken back only where the store says it holds the sample and no longer rejects it."""
+    import hashlib
+
+    from ukr_hw.data import feedback_raw
+    from ukr_hw.settings import Settings
+
+    s = Settings(root=tmp_path)
+    png = drawing("ю", True, seed=5)
+    rec = {"sample_id": "a", "symbol": "ю", "is_uppercase": True, "role": "train"}
+    rec["image_sha256"] = hashlib.sha256(png).hexdigest()
+    assert feedback_raw.snapshot([(png, rec)], s) == 1
+    before = (feedback_raw.feedback_dir(s) / "records.jsonl").read_bytes()
+    assert feedback_raw.snapshot([(png, rec), (png, {**rec, "symbol": "ж"})], s) == 0  # first wins, nothing rewritten
+    assert (feedback_raw.feedback_dir(s) / "records.jsonl").read_bytes() == before
+    with pytest.raises(ValueError, match="does not match"):
+        feedback_raw.snapshot([(png + b"x", {**rec, "sample_id": "b"})], s)
+    with pytest.raises(ValueError, match="role"):
+        feedback_raw.snapshot([(png, {**rec, "sample_id": "c", "role": "test"})], s)
+    assert feedback_raw.sync_rejections({"a": "wrong", "zzz": "not snapshotted"}, s)["added"] == ["a"]
+    assert feedback_raw.read_rejected(s) == {"a": "wrong"}
+    assert feedback_raw.sync_rejections({}, s)["restored"] == []  # no store to ask: the mark holds
+    assert feedback_raw.sync_rejections({}, s, still_in_store=lambda r: False)["rejected"] == 1  # another store
+    assert feedback_raw.sync_rejections({}, s, still_in_store=lambda r: True)["restored"] == ["a"]
+    assert feedback_raw.prep(s)["train"] == 1
+
+
+def test_source_cap() -> None:
+    """One source's share of one retrain's new samples: the water level every source is cut at."""
+    from collections import Counter
+
+    from ukr_hw.retraining import cap_by_source, source_cap
+
+    sources = ["a"] * 8 + ["b"] * 2 + [None] * 2
+    assert source_cap(Counter(sources), 0.5) == 4
+    keep = cap_by_source(sources, 0.5)
+    assert keep[:8] == [True] * 4 + [False] * 4  # a source's oldest are taken
+    assert Counter(src for src, k in zip(sources, keep, strict=True) if k) == {"a": 4, "b": 2, None: 2}
+    # 200 wrong labels from one address among 50 honest drawings from 50 addresses: at most a fifth of what is taken
+    flood = ["vandal"] * 200 + [f"user-{i}" for i in range(50)]
+    keep = cap_by_source(flood, 0.2)
+    taken = Counter(src for src, k in zip(flood, keep, strict=True) if k)
+    assert taken["vandal"] == 12 and taken["vandal"] / sum(taken.values()) <= 0.2 and sum(taken.values()) == 62
+    # a lone source: no share fits, the floor lets it give a bounded number; share 1 caps nothing
+    assert source_cap({"me": 30}, 0.2) == 0 and source_cap({"me": 30}, 0.2, floor=20) == 20
+    assert source_cap({"me": 30}, 1.0) == 30 and source_cap({}, 0.2) == 0
 
 
 def test_bad_record_reasons() -> None:

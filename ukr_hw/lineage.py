@@ -1,6 +1,6 @@
 """Lineage: which feedback samples went into which data version, and which model version was trained on it.
 
-Three tables in the database of ``settings.lineage_db`` (SQLite file by default, PostgreSQL in the stack), named
+Four tables in the database of ``settings.lineage_db`` (SQLite file by default, PostgreSQL in the stack), named
 ``lineage_*`` so they can share a database with MLflow (which has a ``model_versions`` table of its own):
 
 * ``lineage_feedback_samples`` — every feedback sample the retrain flow has taken in: id, store key, label, role
@@ -8,8 +8,14 @@ Three tables in the database of ``settings.lineage_db`` (SQLite file by default,
   idempotent: a re-run after a crash never takes a sample twice.
 * ``lineage_data_version_samples`` — (data_version, sample_id): the feedback samples present in each data version.
 * ``lineage_model_versions`` — (model_version, data_version, run_id, promoted, reason): the data a model was trained on.
+* ``lineage_deferred_samples`` — valid samples a retrain left for a later one (over their source's share): the next
+  listing reaches back to the oldest of them, so a deferred sample is never missed; a row goes once it is taken in.
 
-Queries: :func:`samples_for_model_version`, :func:`model_versions_for_sample`, :func:`ingested_ids`.
+Samples taken in are also snapshotted into ``data/raw/feedback`` (:mod:`ukr_hw.data.feedback_raw`); a data version
+is built from that snapshot, and each model's run tags the raw version (``raw_data_version``) it came from.
+
+Queries: :func:`samples_for_model_version`, :func:`model_versions_for_sample`, :func:`ingested_ids`,
+:func:`deferred_samples`.
 """
 
 from __future__ import annotations
@@ -60,6 +66,16 @@ model_versions = sa.Table(
 )
 
 
+deferred_samples_table = sa.Table(
+    "lineage_deferred_samples",
+    metadata,
+    sa.Column("sample_id", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.String(40), nullable=True),
+    sa.Column("source", sa.String(64), nullable=True),
+    sa.Column("deferred_at", sa.String(40), nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class IngestedSample:
     sample_id: str
@@ -91,6 +107,13 @@ def ingested_ids(settings: Settings | None = None) -> set[str]:
     """Ids of every feedback sample already taken in."""
     with engine(settings).connect() as conn:
         return {r[0] for r in conn.execute(sa.select(feedback_samples.c.sample_id))}
+
+
+def ingested_samples(settings: Settings | None = None) -> dict[str, tuple[str, str]]:
+    """``{sample_id: (store key, role)}`` of every feedback sample already taken in."""
+    q = sa.select(feedback_samples.c.sample_id, feedback_samples.c.key, feedback_samples.c.role)
+    with engine(settings).connect() as conn:
+        return {r[0]: (r[1], r[2]) for r in conn.execute(q)}
 
 
 def latest_created_at(settings: Settings | None = None) -> datetime | None:
@@ -131,7 +154,53 @@ def record_samples(samples: Iterable[IngestedSample], settings: Settings | None 
         new = [r for r in rows if r["sample_id"] not in known]
         if new:
             conn.execute(feedback_samples.insert(), new)
+        conn.execute(
+            deferred_samples_table.delete().where(
+                deferred_samples_table.c.sample_id.in_([r["sample_id"] for r in rows])
+            )
+        )
     return len(new)
+
+
+def record_deferred(rows: Iterable[tuple[str, str | None, str | None]], settings: Settings | None = None) -> int:
+    """Remember ``(sample_id, created_at, source)`` of samples left for a later retrain; returns how many were new."""
+    rows = list(rows)
+    if not rows:
+        return 0
+    with engine(settings).begin() as conn:
+        have = {
+            r[0]
+            for r in conn.execute(
+                sa.select(deferred_samples_table.c.sample_id).where(
+                    deferred_samples_table.c.sample_id.in_([r[0] for r in rows])
+                )
+            )
+        }
+        new = [
+            {"sample_id": sid, "created_at": created, "source": source, "deferred_at": _now()}
+            for sid, created, source in rows
+            if sid not in have
+        ]
+        if new:
+            conn.execute(deferred_samples_table.insert(), new)
+    return len(new)
+
+
+def deferred_samples(settings: Settings | None = None) -> dict[str, str | None]:
+    """``{sample_id: created_at}`` of deferred samples not taken in yet."""
+    q = sa.select(deferred_samples_table.c.sample_id, deferred_samples_table.c.created_at).where(
+        deferred_samples_table.c.sample_id.not_in(sa.select(feedback_samples.c.sample_id))
+    )
+    with engine(settings).connect() as conn:
+        return {r[0]: r[1] for r in conn.execute(q)}
+
+
+def forget_deferred(sample_ids: Iterable[str], settings: Settings | None = None) -> None:
+    """Drop deferral rows (of samples an operator rejected since: they will never be taken in)."""
+    ids = list(sample_ids)
+    if ids:
+        with engine(settings).begin() as conn:
+            conn.execute(deferred_samples_table.delete().where(deferred_samples_table.c.sample_id.in_(ids)))
 
 
 def record_data_version(data_version: str, sample_roles: dict[str, str], settings: Settings | None = None) -> None:

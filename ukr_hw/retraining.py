@@ -1,44 +1,52 @@
 """Continuous training from feedback: the steps of the weekly retrain flow (``flows/retrain.py`` composes them).
 
+Retraining = take in new samples → prepare → fine-tune → gate:
+
 1. :func:`collect` — feedback samples the lineage has not seen yet (listing only the store's days since the newest
-   sample taken in, minus a day of slack, plus the spool's late uploads since then; idempotent by sample id), less
-   those an operator rejected. Broken or inconsistent ones are quarantined with the reason; the rest are
-   preprocessed with THE preprocessing function into :class:`Samples`.
-2. :func:`split_roles` — a fixed share (``settings.user_test_fraction``, by sample-id hash, so a sample's role
-   never changes) is held out as the growing "user drawings" test set; the rest joins TRAIN only.
-3. :func:`add_to_data` — append to ``finetune_train.npz`` (the frozen test split never changes) and to
-   ``user_test.npz``; both dedupe by id, so a re-run after a crash adds nothing twice.
-4. ``versioning.version_data`` — a new DVC data version (pushed).
-5. :func:`finetune_from_champion` — fine-tune starting from the champion's weights, score on the frozen test split
+   sample taken in, minus a day of slack, or since the oldest sample still waiting, plus the spool's late uploads
+   since then; idempotent by sample id), less those an operator rejected, at most
+   ``settings.retrain_max_source_share`` of them from one source (:func:`source_cap`; the rest wait for a later
+   retrain, recorded in lineage so that none is missed). Broken or inconsistent ones are quarantined with the
+   reason; the rest are preprocessed with THE preprocessing function into :class:`Samples`.
+2. :func:`ingest` — the samples (PNG + record, with the role fixed now by a hash of the id: a share
+   ``settings.user_test_fraction`` is held out as users' drawings) into the raw source ``data/raw/feedback``
+   (:mod:`ukr_hw.data.feedback_raw`), idempotent by id.
+3. the prepare flow — every raw source, feedback included, through the same ``preprocess`` path → the processed
+   data (the frozen test split never changes; users' samples join TRAIN or ``user_test.npz`` by their role) and a
+   new DVC data version. Re-running prepare from scratch rebuilds the same data, users' samples and all.
+4. :func:`finetune_from_champion` — fine-tune starting from the champion's weights, score on the frozen test split
    and on the user drawings (the champion too, for comparison).
-6. :func:`register` — log to MLflow (with a JSONL lineage manifest), register, promote under the usual gate,
+5. :func:`register` — log to MLflow (with a JSONL lineage manifest), register, promote under the usual gate,
    record lineage (samples ↔ data version ↔ model version).
-7. :func:`notify_api` — ask the serving API to reload; an unreachable API is a warning, not a failure.
+6. :func:`notify_api` — ask the serving API to reload; an unreachable API is a warning, not a failure.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ukr_hw import labels, lineage
-from ukr_hw.data.arrays import Samples, load_samples, save_samples
+from ukr_hw.data import feedback_raw
+from ukr_hw.data.arrays import Samples, load_samples
+from ukr_hw.data.feedback_raw import SOURCE as FEEDBACK_SOURCE
+from ukr_hw.data.feedback_raw import USER_TEST_FILE, BadSample, role_of
 from ukr_hw.data.split import TEST_FILE, TRAIN_FILE
 from ukr_hw.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-FEEDBACK_SOURCE = "feedback"
-USER_TEST_FILE = "user_test.npz"
+__all__ = ["FEEDBACK_SOURCE", "USER_TEST_FILE", "BadSample", "role_of"]  # re-exported: callers import them from here
 #: listing starts this long before the newest sample taken in (clock skew, late spool uploads)
 LISTING_SLACK = timedelta(days=1)
 
@@ -51,13 +59,11 @@ class RetrainError(RuntimeError):
 class Collected:
     samples: Samples
     records: dict[str, dict[str, Any]] = field(default_factory=dict)  #: sample_id → record (+ "key")
+    images: dict[str, bytes] = field(default_factory=dict)  #: sample_id → PNG, for the raw snapshot
     quarantined: list[dict[str, str]] = field(default_factory=list)  #: {"key", "reason"}
     seen: int = 0  #: new refs listed (valid + quarantined)
     rejected: int = 0  #: listed samples left out because an operator rejected them
-
-
-class BadSample(ValueError):
-    """A stored sample that cannot be trained on; the message is the quarantine reason."""
+    deferred: list[str] = field(default_factory=list)  #: valid samples over their source's share: a later retrain
 
 
 # --- 1. collect ------------------------------------------------------------------------------------------------
@@ -67,25 +73,17 @@ def sample_from_record(png: bytes, record: dict[str, Any]) -> tuple[np.ndarray, 
     """``(x uint8 28×28, y, case, ink (2,))`` for one stored sample; :class:`BadSample` says why not."""
     from ukr_hw.preprocess import PreprocessError, preprocess
 
-    try:
-        symbol = labels.normalize_symbol(record.get("symbol"))
-    except (labels.UnknownSymbolError, TypeError, AttributeError) as exc:
-        raise BadSample(f"unknown symbol {record.get('symbol')!r}: {exc}") from exc
-    upper = record.get("is_uppercase")
-    if labels.is_digit(symbol):
-        if upper is not None:
-            raise BadSample(f"digit {symbol!r} recorded with is_uppercase={upper!r}; digits have no case")
-    elif not isinstance(upper, bool):
-        raise BadSample(f"letter {symbol!r} recorded without a case (is_uppercase={upper!r})")
+    y, case = feedback_raw.labels_of(record)
     try:
         glyph = preprocess(png)
     except PreprocessError as exc:
         raise BadSample(f"the drawing cannot be preprocessed: {exc}") from exc
-    return glyph.to_uint8(), labels.index_of(symbol), labels.case_target(symbol, upper), glyph.features
+    return glyph.to_uint8(), y, case, glyph.features
 
 
 def collect(store: Any, settings: Settings | None = None) -> Collected:
-    """New, valid feedback samples as :class:`Samples` (source ``feedback``, id = sample id); bad ones quarantined."""
+    """New, valid feedback samples as :class:`Samples` (source ``feedback``, id = sample id); bad ones quarantined;
+    those over their source's share (:func:`source_cap`) deferred to a later retrain."""
     from ukr_hw.feedback import CorruptSample
 
     s = settings or get_settings()
@@ -93,61 +91,143 @@ def collect(store: Any, settings: Settings | None = None) -> Collected:
     since = newest - LISTING_SLACK if newest else None
     known = lineage.ingested_ids(s)
     rejected = store.rejected_ids()  # an operator's `ukr-hw feedback reject`: kept in the store, never trained on
+    waiting = lineage.deferred_samples(s)  # over their source's share last time: listed again, however old
+    if gone := [sid for sid in waiting if sid in rejected]:
+        lineage.forget_deferred(gone, s)
+    oldest_waiting = min((_parse_time(c) for sid, c in waiting.items() if sid not in rejected and c), default=None)
+    if since is not None and oldest_waiting is not None:
+        since = min(since, oldest_waiting - LISTING_SLACK)
     # the days since the high-water mark, plus whatever the spool uploaded since then, drawn on whichever day: a
     # sample spooled during an outage and uploaded later than the window still comes in
     listed = {*store.list_since(since), *store.late_arrivals(since)}
     refs = sorted(
         (r for r in listed if r.sample_id not in known and r.sample_id not in rejected), key=lambda r: r.sample_id
     )
-    xs, ys, cases, inks, ids = [], [], [], [], []
     out = Collected(
         samples=Samples.empty(), seen=len(refs), rejected=len({r.sample_id for r in listed} & set(rejected))
     )
+    valid: list[tuple[str, tuple[np.ndarray, int, int, np.ndarray], dict[str, Any], bytes]] = []
     for ref in refs:
         try:
             png, record = store.read(ref)
-            x, y, case, ink = sample_from_record(png, record)
+            sample = sample_from_record(png, record)
         except CorruptSample as exc:
             reason = exc.reason
         except BadSample as exc:
             reason = str(exc)
         else:
-            xs.append(x)
-            ys.append(y)
-            cases.append(case)
-            inks.append(ink)
-            ids.append(ref.sample_id)
-            out.records[ref.sample_id] = {**record, "key": ref.key}
+            valid.append((ref.sample_id, sample, {**record, "key": ref.key}, png))
             continue
         store.quarantine(ref, reason)
         out.quarantined.append({"key": ref.key, "reason": reason})
         log.warning("quarantined feedback sample %s: %s", ref.key, reason)
-    if ids:
+    keep = cap_by_source([v[2].get("source") for v in valid], s.retrain_max_source_share, s.retrain_source_min_samples)
+    taken = [v for v, k in zip(valid, keep, strict=True) if k]
+    out.deferred = [v[0] for v, k in zip(valid, keep, strict=True) if not k]
+    if out.deferred:
+        by_source = Counter(str(v[2].get("source")) for v, k in zip(valid, keep, strict=True) if not k)
+        log.warning(
+            "%d new samples over their source's share (%.0f %% of one retrain, at least %d each) wait for a later "
+            "retrain: %s",
+            len(out.deferred),
+            100 * s.retrain_max_source_share,
+            s.retrain_source_min_samples,
+            dict(by_source),
+        )
+        lineage.record_deferred(
+            [(v[0], v[2].get("created_at"), v[2].get("source")) for v, k in zip(valid, keep, strict=True) if not k],
+            s,
+        )
+    for sid, _, record, png in taken:
+        out.records[sid] = record
+        out.images[sid] = png
+    if taken:
         out.samples = Samples(
-            x=np.stack(xs).astype(np.uint8),
-            y=np.asarray(ys, dtype=np.int64),
-            case=np.asarray(cases, dtype=np.int8),
-            ink=np.stack(inks).astype(np.float32),
-            source=np.asarray([FEEDBACK_SOURCE] * len(ids)),
-            id=np.asarray(ids),
+            x=np.stack([v[1][0] for v in taken]).astype(np.uint8),
+            y=np.asarray([v[1][1] for v in taken], dtype=np.int64),
+            case=np.asarray([v[1][2] for v in taken], dtype=np.int8),
+            ink=np.stack([v[1][3] for v in taken]).astype(np.float32),
+            source=np.asarray([FEEDBACK_SOURCE] * len(taken)),
+            id=np.asarray([v[0] for v in taken]),
         )
     return out
 
 
-# --- 2./3. roles and data ------------------------------------------------------------------------------------------
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
-def role_of(sample_id: str, fraction: float) -> str:
-    """``user_test`` for a fixed ``fraction`` of ids (by SHA-256 of the id), else ``train``: stable forever."""
-    h = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "big") / 2**64
-    return "user_test" if h < fraction else "train"
+def source_cap(counts: Mapping[Any, int], share: float, floor: int = 0) -> int:
+    """The most new samples one source may give one retrain: the largest ``c`` with ``c ≤ share × Σ min(nᵢ, c)``
+    (every source capped at ``c``, no capped source holds more than ``share`` of what is taken), but at least
+    ``floor``. ``share ≥ 1`` caps nothing.
+
+    With one source, or few, no ``c > 0`` fits a small share: the floor lets a deployment with one user learn, a
+    bounded number of samples per retrain.
+    """
+    top = max(counts.values(), default=0)
+    if share >= 1:
+        return top
+    c = 0
+    # Σ min(nᵢ, c) grows ever more slowly with c, so the c that fit are 0..c*: count up to the first that does not
+    while c < top and c + 1 <= share * sum(min(n, c + 1) for n in counts.values()) + 1e-9:
+        c += 1
+    return max(c, floor)
 
 
-def split_roles(samples: Samples, settings: Settings | None = None) -> tuple[Samples, Samples]:
-    """``(train part, user-test part)`` of the new samples."""
+def cap_by_source(sources: Sequence[str | None], share: float, floor: int = 0) -> list[bool]:
+    """Which of the new samples (oldest first; ``sources[i]`` the salted sender of sample i, None unknown, counted as
+    one source) one retrain takes: each source's oldest, up to :func:`source_cap`."""
+    cap = source_cap(Counter(sources), share, floor)
+    seen: Counter[str | None] = Counter()
+    keep = []
+    for src in sources:
+        seen[src] += 1
+        keep.append(seen[src] <= cap)
+    return keep
+
+
+# --- 2. take in: the raw snapshot ------------------------------------------------------------------------------------
+
+
+def ingest(collected: Collected, settings: Settings | None = None, store: Any = None) -> dict[str, int]:
+    """The collected samples (PNG + record + role) into ``data/raw/feedback``; the prepare flow builds the processed
+    data from there. Returns ``{"snapshotted": new ones, "backfilled": …, "in_snapshot": all}``.
+
+    With ``store``, samples that lineage took in but the snapshot lacks (taken in before users' samples were raw
+    data, when they lived only in the processed files) are read back from the store and snapshotted with the role
+    they had, so that the first prepare from the snapshot loses none of them.
+    """
     s = settings or get_settings()
-    mask = np.array([role_of(i, s.user_test_fraction) == "user_test" for i in samples.id.tolist()], dtype=bool)
-    return samples.subset(np.flatnonzero(~mask)), samples.subset(np.flatnonzero(mask))
+    items = [
+        (collected.images[sid], {**record, "role": role_of(sid, s.user_test_fraction)})
+        for sid, record in sorted(collected.records.items())
+    ]
+    new = feedback_raw.snapshot(items, s)
+    backfilled = _backfill(store, s) if store is not None else 0
+    return {"snapshotted": new, "backfilled": backfilled, "in_snapshot": len(feedback_raw.read_records(s))}
+
+
+def _backfill(store: Any, settings: Settings) -> int:
+    from ukr_hw.feedback import CorruptSample
+
+    have = {r["sample_id"] for r in feedback_raw.read_records(settings)}
+    missing = {sid: v for sid, v in lineage.ingested_samples(settings).items() if sid not in have}
+    if not missing:
+        return 0
+    rejected = store.rejected_ids()
+    items = []
+    for sid, (key, role) in sorted(missing.items()):
+        try:
+            png, record = store.read(key)
+        except CorruptSample as exc:
+            log.warning("feedback sample %s (taken in earlier) cannot be read back for the snapshot: %s", sid, exc)
+            continue
+        items.append((png, {**record, "key": key, "role": role if role in feedback_raw.ROLES else "train"}))
+    new = feedback_raw.snapshot(items, settings)
+    feedback_raw.sync_rejections({k: v for k, v in rejected.items() if k in missing}, settings)
+    log.info("snapshotted %d feedback samples taken in before users' samples were raw data", new)
+    return new
 
 
 def user_test_path(settings: Settings | None = None) -> Path:
@@ -158,31 +238,6 @@ def user_test_path(settings: Settings | None = None) -> Path:
 def load_user_test(settings: Settings | None = None) -> Samples:
     path = user_test_path(settings)
     return load_samples(path) if path.exists() else Samples.empty()
-
-
-def append_user_test(new: Samples, settings: Settings | None = None) -> Samples:
-    """Add ``new`` to ``user_test.npz`` (dedup by id); returns the whole user-drawings set."""
-    current = load_user_test(settings)
-    known = set(current.id.tolist())
-    keep = [i for i, sid in enumerate(new.id.tolist()) if sid not in known]
-    if not keep:
-        return current
-    part = new.subset(np.asarray(keep, dtype=np.int64))
-    merged = Samples.concat([current, part]) if len(current) else part
-    save_samples(merged, user_test_path(settings))
-    return merged
-
-
-def add_to_data(train_part: Samples, test_part: Samples, settings: Settings | None = None) -> dict[str, int]:
-    """Append to TRAIN (``split.append_to_train``) and to the user-drawings set; returns the new sizes."""
-    from ukr_hw.data.split import append_to_train
-
-    s = settings or get_settings()
-    if not (s.processed_dir / TRAIN_FILE).exists():
-        raise RetrainError(f"no prepared data in {s.processed_dir}: run `ukr-hw prepare` first")
-    train = append_to_train(train_part, s) if len(train_part) else load_samples(s.processed_dir / TRAIN_FILE)
-    user = append_user_test(test_part, s) if len(test_part) else load_user_test(s)
-    return {"train": len(train), "user_test": len(user)}
 
 
 def feedback_in_data(settings: Settings | None = None) -> dict[str, str]:
@@ -198,7 +253,7 @@ def feedback_in_data(settings: Settings | None = None) -> dict[str, str]:
     return out
 
 
-# --- 5. fine-tune ----------------------------------------------------------------------------------------------------
+# --- 4. fine-tune ----------------------------------------------------------------------------------------------------
 
 
 def finetune_from_champion(
@@ -253,7 +308,7 @@ def finetune_from_champion(
     }
 
 
-# --- 6. register + lineage -------------------------------------------------------------------------------------------
+# --- 5. register + lineage -------------------------------------------------------------------------------------------
 
 
 def register(
@@ -271,7 +326,10 @@ def register(
     s = settings or get_settings()
     report, user_report = trained["report"], trained["user_report"]
     new_ids = collected.samples.id.tolist()
-    tags = {"trigger": "feedback", "feedback_new_samples": len(new_ids)}
+    from ukr_hw.data.versioning import raw_version
+
+    # with the data version (processed), the raw one it was built from: users' snapshot, images and all
+    tags = {"trigger": "feedback", "feedback_new_samples": len(new_ids), "raw_data_version": raw_version(s) or "none"}
     with tracking.start_run("retrain", data_version=data_version, tags=tags, settings=s) as run:
         tracking.log_history(trained.get("history") or [])
         tracking.log_eval(report, "test")
@@ -301,6 +359,7 @@ def register(
                         "role": role,
                         "data_version": data_version,
                         "new": sid in collected.records,
+                        "raw": f"{feedback_raw.FOLDER}/{sid}.png",  # under data/raw, at raw_data_version
                     }
                     row.update({k: rec[k] for k in ("key", "symbol", "is_uppercase", "created_at") if k in rec})
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -315,8 +374,8 @@ def register(
             params=params,
             settings=s,
             rejection_note=lambda version: _users_hint(version, user_report, champion_user),
-            users=(user_report.metrics, champion_user.metrics) if user_report and champion_user else None,
-            champion_scored=(trained["champion_version"], trained["champion_test_report"].metrics)
+            users=(user_report, champion_user) if user_report and champion_user else None,
+            champion_scored=(trained["champion_version"], trained["champion_test_report"])
             if trained.get("champion_test_report") is not None
             else None,
         )
@@ -356,7 +415,7 @@ def _users_hint(version: str, new: Any, champion: Any) -> str:
     return hint
 
 
-# --- 7. tell the API -------------------------------------------------------------------------------------------------
+# --- 6. tell the API -------------------------------------------------------------------------------------------------
 
 
 def notify_api(settings: Settings | None = None) -> dict[str, Any]:

@@ -117,9 +117,12 @@ class Settings(BaseSettings):
     mlflow_experiment: str = "ukr-hw"
     model_name: str = "ukr-hw"
     champion_alias: str = "champion"
-    promotion_case_tolerance: float = Field(0.01, ge=0, description="Case accuracy may drop by at most this.")
-    promotion_population_tolerance: float = Field(
-        0.01, ge=0, description="One population's symbol accuracy may drop by at most this (the mean may not drop)."
+    promotion_alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="The promotion gate's significance level: a population whose one-sided paired (McNemar) test "
+        "says the new model is worse at p < this refuses it.",
     )
 
     # --- training --------------------------------------------------------------------------------------------
@@ -240,6 +243,15 @@ class Settings(BaseSettings):
     )
     retrain_config: Path = Field(Path("configs/train.yaml"), description="Training config the retrain fine-tunes with.")
     retrain_min_samples: int = Field(1, ge=1, description="Fewer new valid samples than this: no retraining.")
+    retrain_max_source_share: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Most of one retrain's new samples one source (salted sender address) may give; the rest wait.",
+    )
+    retrain_source_min_samples: int = Field(
+        20, ge=0, description="Samples a source may always give one retrain, whatever its share (one-user setups)."
+    )
 
     @field_validator("data_mirror", "mnist_limit", "comnist_limit", mode="before")
     @classmethod

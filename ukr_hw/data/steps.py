@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ukr_hw import preprocess as preprocess_module
-from ukr_hw.data import comnist, mnist, rukopys, split, stamps, summary
+from ukr_hw.data import comnist, feedback_raw, mnist, rukopys, split, stamps, summary
 from ukr_hw.data import ingest as ingest_module
 from ukr_hw.data.arrays import Samples, load_samples, save_samples
 from ukr_hw.settings import Settings
@@ -79,6 +79,11 @@ def prep_comnist(comnist_dir: str | None, settings: Settings) -> dict[str, Any]:
     }
     stamps.write_stamp(cache_dir(settings), "comnist", key, info=info)
     return info
+
+
+def prep_feedback(settings: Settings) -> dict[str, Any]:
+    """Users' samples in ``raw_dir/feedback`` (less rejected ones) → ``.cache/feedback_{train,user_test}.npz``."""
+    return feedback_raw.prep(settings)
 
 
 def clean_rukopys(rukopys_dir: str) -> rukopys.CleanResult:
@@ -226,15 +231,34 @@ def merge_and_split(
     mnist_info: dict[str, Any],
     settings: Settings,
     comnist_info: dict[str, Any] | None = None,
+    feedback_info: dict[str, Any] | None = None,
 ) -> dict[str, int]:
     """Rukopys glyphs + fine-tune digits + CoMNIST drawings → ``finetune_train.npz`` / ``finetune_test.npz`` (the
-    frozen test split: stratified Rukopys and MNIST ids, whole CoMNIST sessions)."""
+    frozen test split: stratified Rukopys and MNIST ids, whole CoMNIST sessions); users' samples (by the role fixed
+    at take-in) join the end of train, and their held-out part is ``user_test.npz``.
+
+    Users' samples never enter the split itself, so they can neither move the frozen test split nor the order of the
+    other training samples: the same raw data always gives the same files.
+    """
     parts = [load_samples(Path(rukopys_info["path"])), load_samples(Path(mnist_info["path"]))]
     if comnist_info and comnist_info.get("n"):
         parts.append(load_samples(Path(comnist_info["path"])))
     train, test = split.split(Samples.concat(parts), settings)
+    users = Samples.empty()
+    if feedback_info and feedback_info.get("train"):
+        users_train = load_samples(Path(feedback_info["path_train"]))
+        merged = Samples.concat([train, users_train])
+        # string columns at their own width (as split does), so the bytes depend on the data only
+        train = Samples(merged.x, merged.y, merged.case, merged.ink, merged.source.tolist(), merged.id.tolist())
+    if feedback_info and feedback_info.get("user_test"):
+        users = load_samples(Path(feedback_info["path_user_test"]))
     split.save_split(train, test, settings)
-    return {"train": len(train), "test": len(test)}
+    user_test = settings.processed_dir / feedback_raw.USER_TEST_FILE
+    if len(users):
+        save_samples(users, user_test)
+    elif user_test.exists():  # every held-out drawing was rejected: a stale file would still be scored
+        user_test.unlink()
+    return {"train": len(train), "test": len(test), "user_test": len(users)}
 
 
 def write_preview(settings: Settings) -> str:
@@ -257,6 +281,7 @@ def write_manifest(settings: Settings, data_version: str) -> dict[str, Any]:
         "strokes_train": STROKES,
         "mnist_train": MNIST_TRAIN,
         "mnist_test": MNIST_TEST,
+        "user_test": feedback_raw.USER_TEST_FILE,
     }
     splits = {name: load_samples(d / f) for name, f in names.items() if (d / f).exists()}
     bad_rows = (

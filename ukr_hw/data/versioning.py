@@ -5,8 +5,10 @@ The remote comes from settings (``dvc_remote_url``: a local folder by default, o
 committed ``.dvc/config`` stays generic; S3 credentials come only from the environment (``AWS_ACCESS_KEY_ID`` …,
 or the ``UKR_HW_S3_*`` settings passed through the environment of the DVC process).
 
-The data version is the DVC hash of ``data/processed`` (the ``md5`` in ``data/processed.dvc``). The manifest and
-the step cache inside ``data/processed`` are excluded via ``.dvcignore`` so the version depends on the data only.
+The data version is the DVC hash of ``data/processed`` (the ``md5`` in ``data/processed.dvc``); ``data/raw``
+(users' snapshotted samples in ``data/raw/feedback`` too) has its own (:func:`raw_version`), logged with a retrain's
+run. The manifest and the step cache inside ``data/processed`` are excluded via ``.dvcignore`` so the version
+depends on the data only.
 """
 
 from __future__ import annotations
@@ -97,7 +99,16 @@ def configure_remote(settings: Settings) -> str:
 
 def data_version(settings: Settings) -> str | None:
     """The DVC hash of ``data/processed`` (from ``data/processed.dvc``), or None when it is not tracked yet."""
-    dvc_file = settings.processed_dir.with_name(settings.processed_dir.name + ".dvc")
+    return _dvc_hash(settings.processed_dir)
+
+
+def raw_version(settings: Settings) -> str | None:
+    """The DVC hash of ``data/raw`` (users' feedback snapshot included): what the processed data was built from."""
+    return _dvc_hash(settings.raw_dir)
+
+
+def _dvc_hash(folder: Path) -> str | None:
+    dvc_file = folder.with_name(folder.name + ".dvc")
     if not dvc_file.exists():
         return None
     outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]

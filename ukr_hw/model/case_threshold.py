@@ -40,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "low": 0.3,  #: the range searched, in steps of 0.01
     "high": 0.8,
     "guard_sources": ["rukopys"],  #: held-out letters whose case accuracy the fit may lower only by...
-    "guard_tolerance": 0.01,  #: ...this much (keep it <= settings.promotion_case_tolerance)
+    "guard_tolerance": 0.01,  #: ...this much (the gate refuses a significant case loss on the frozen split)
 }
 
 

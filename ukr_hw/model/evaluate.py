@@ -12,6 +12,8 @@
   of either symbol) and ``pair_<a>_<b>_confusions`` (how many were taken for the other one); ``n``/``n_letters``.
 * ``per_class`` — a DataFrame: symbol, n, correct, accuracy, case_n, case_accuracy, top confusion.
 * ``figures()`` — symbol confusion matrix (43×43), case confusion (2×2), a grid of misclassified samples.
+* ``outcomes()`` — per sample: its id and population, symbol right or wrong, case right, wrong or unlabelled
+  (:class:`Outcomes`): what a paired test of two models on the same glyphs needs (the promotion gate).
 
 :func:`write_reports` writes ``metrics.json`` and ``per_class.csv`` (and ``confusion.csv``) for ``dvc.yaml``.
 """
@@ -55,6 +57,50 @@ def _pair_key(a: str, b: str) -> str:
     return f"pair_{a}_{b}"
 
 
+@dataclass(frozen=True)
+class Outcomes:
+    """Which samples one model reads right: the per-sample evidence a paired comparison of two models scored on the
+    very same glyphs needs (``ukr_hw.tracking.decide_promotion``); accuracies alone cannot tell three glyphs of noise
+    from a regression."""
+
+    id: np.ndarray  #: (N,) sample ids: the key that pairs two models' outcomes
+    source: np.ndarray  #: (N,) population of each sample (its source: ``rukopys``, ``mnist``, ``comnist``, …)
+    symbol: np.ndarray  #: (N,) bool: the symbol was read right
+    case: np.ndarray  #: (N,) int8: 1 case read right, 0 wrong, -1 no case label (digits, CoMNIST), not counted
+
+    def __post_init__(self) -> None:
+        n = len(self.id)
+        if not (len(self.source) == len(self.symbol) == len(self.case) == n):
+            raise ValueError(
+                f"outcome columns differ in length: id {n}, source {len(self.source)}, symbol {len(self.symbol)}, "
+                f"case {len(self.case)}; build them with Outcomes.of(samples, pred, case_pred)"
+            )
+
+    @classmethod
+    def of(cls, samples: Samples, pred: np.ndarray, case_pred: np.ndarray) -> Outcomes:
+        """Outcomes of the predictions ``pred`` (symbol indices) and ``case_pred`` (1 = upper) on ``samples``."""
+        pred, case_pred = np.asarray(pred).reshape(-1), np.asarray(case_pred).reshape(-1)
+        if len(pred) != len(samples) or len(case_pred) != len(samples):
+            raise ValueError(f"{len(pred)} symbol and {len(case_pred)} case predictions for {len(samples)} samples")
+        cased = samples.case >= 0
+        case = np.where(cased, (case_pred == samples.case).astype(np.int8), np.int8(-1)).astype(np.int8)
+        return cls(samples.id.copy(), samples.source.copy(), pred == samples.y, case)
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    def subset(self, index: np.ndarray | slice) -> Outcomes:
+        return Outcomes(self.id[index], self.source[index], self.symbol[index], self.case[index])
+
+    def populations(self) -> list[str]:
+        return sorted(set(self.source.tolist()))
+
+    def as_population(self, name: str) -> Outcomes:
+        """The same outcomes, every sample counted in the population ``name`` (users' held-out drawings are one
+        population, whatever their sources)."""
+        return Outcomes(self.id, np.full(len(self), name), self.symbol, self.case)
+
+
 @dataclass
 class EvalReport:
     metrics: dict[str, float]
@@ -73,6 +119,10 @@ class EvalReport:
             "confusion_case": _confusion_figure(self.case_confusion, ["lower", "upper"], "case confusion (letters)"),
             "misclassified": _error_grid(self, max_errors),
         }
+
+    def outcomes(self) -> Outcomes:
+        """Per-sample right/wrong of this evaluation (the paired promotion gate's evidence)."""
+        return Outcomes.of(self.samples, self.pred, self.case_pred)
 
     def summary(self) -> str:
         m = self.metrics
