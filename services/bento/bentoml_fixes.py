@@ -22,20 +22,98 @@ and stayed there, leaving the other worker idle (measured: 0.01 ms CPU per reque
 :func:`cache_mime_types` memoises the media type of each API's output model. BentoML recomputes it for every
 response by generating the model's whole JSON schema (py-spy: a fifth of the model service's busy time at one
 client); it is a constant of the class.
+
+The hostile-traffic fixes (:func:`limit_connections`, :func:`close_url_fetch`, :func:`quiet_client_errors`) and
+:func:`hashable_file_schema` are explained where they are defined.
+
+**Every patch here is pinned.** :data:`PATCHES` names, for each one, the package it patches, the versions it was
+read against and tested with, and the upstream report. On any other installed version the patch raises
+:class:`UncheckedVersionError` when it is applied (so the service does not start) instead of silently patching code
+that may have changed: re-read the patched function in the new version, run ``tests/test_bentoml_fixes.py`` and
+``tests/test_hostile.py``, then add the version to the patch's entry, or delete the patch if upstream fixed it.
+``UKR_HW_UNCHECKED_PATCHES=warn`` starts anyway with a warning (for trying an upgrade, not for production).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import logging
 import os
+import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 log = logging.getLogger("ukr_hw.serve")
+
+
+@dataclass(frozen=True)
+class Patch:
+    package: str  #: the distribution patched ("python" for the standard library)
+    versions: tuple[str, ...]  #: versions the patch was read against and tested with
+    upstream: str  #: where the problem is reported upstream
+
+
+PATCHES: dict[str, Patch] = {
+    "apply": Patch(
+        "bentoml",
+        ("1.4.39",),
+        "bentoml/BentoML#5540, #5544 (session refresh closes requests in flight); #4971, PR #5698 (stale keep-alive)",
+    ),
+    "balance_accepts": Patch(
+        "python",
+        ("3.11",),
+        "python/cpython#77992 (bpo-33811, asyncio accepts up to `backlog` connections per wake-up); "
+        "the same fix in tornado: tornadoweb/tornado#698",
+    ),
+    "cache_mime_types": Patch("bentoml", ("1.4.39",), "none filed: IOMixin.mime_type builds a JSON schema per call"),
+    "limit_connections": Patch(
+        "uvicorn", ("0.54.0",), "Kludex/uvicorn#157 (no timeout for request headers; no per-address limit)"
+    ),
+    "close_url_fetch": Patch(
+        "bentoml", ("1.4.39",), "none filed: _bentoml_impl.serde downloads a file field given as a URL (SSRF)"
+    ),
+    "quiet_client_errors": Patch(
+        "bentoml", ("1.4.39",), "none filed: ServiceAppFactory logs every 4xx at ERROR with a traceback"
+    ),
+    "hashable_file_schema": Patch(
+        "bentoml", ("1.4.39",), "none filed: _bentoml_sdk.validators.FileSchema is unhashable inside Optional[...]"
+    ),
+}
+
+
+class UncheckedVersionError(RuntimeError):
+    """A patch would be applied to a version of its package it was not checked against."""
+
+
+def installed_version(package: str) -> str:
+    if package == "python":
+        return f"{sys.version_info.major}.{sys.version_info.minor}"
+    return importlib.metadata.version(package)
+
+
+def check_version(name: str) -> bool:
+    """Whether patch ``name`` may be applied: True on a checked version; on another, raise (or warn and return True
+    with ``UKR_HW_UNCHECKED_PATCHES=warn``)."""
+    patch = PATCHES[name]
+    installed = installed_version(patch.package)
+    if installed in patch.versions:
+        return True
+    message = (
+        f"services/bento/bentoml_fixes.py: the patch `{name}` was checked against {patch.package} "
+        f"{', '.join(patch.versions)}, but {patch.package} {installed} is installed. Re-read the patched code in "
+        f"{installed} (upstream: {patch.upstream}), run tests/test_bentoml_fixes.py and tests/test_hostile.py, then "
+        f"add {installed!r} to PATCHES[{name!r}] or delete the patch. UKR_HW_UNCHECKED_PATCHES=warn starts anyway."
+    )
+    if os.environ.get("UKR_HW_UNCHECKED_PATCHES") == "warn":
+        log.warning(message)
+        return True
+    raise UncheckedVersionError(message)
+
 
 #: seconds an old session stays open after a refresh: longer than the services' request timeout (60 s)
 CLOSE_GRACE_S = 90.0
@@ -44,6 +122,7 @@ KEEPALIVE_S = 4.0
 
 
 def apply() -> None:
+    check_version("apply")
     from _bentoml_impl.client import proxy2
 
     manager = proxy2.SessionManager
@@ -92,6 +171,7 @@ ACCEPT_PAUSE_S = 0.0005
 
 def balance_accepts() -> None:
     """Accept one connection per wake-up, then pause accepting briefly (see the module docstring)."""
+    check_version("balance_accepts")
     from asyncio import selector_events
 
     loop_class = selector_events.BaseSelectorEventLoop
@@ -126,6 +206,7 @@ def balance_accepts() -> None:
 
 def cache_mime_types() -> None:
     """Compute each IO model's media type once instead of once per response (see the module docstring)."""
+    check_version("cache_mime_types")
     from _bentoml_sdk.io_models import IOMixin
 
     if getattr(IOMixin, "_ukr_hw_cached", False):
@@ -178,6 +259,7 @@ def limit_connections() -> None:
 
     Only the public (entry) service counts connections per address: the internal hop between services comes from
     the API workers themselves."""
+    check_version("limit_connections")
     from uvicorn.protocols.http import h11_impl
 
     protocol = h11_impl.H11Protocol
@@ -273,6 +355,7 @@ def limit_connections() -> None:
 def close_url_fetch() -> None:
     """BentoML downloads a file field given as a URL (a text form value, or a JSON body that is a URL): a server-side
     request forgery path. Here such a value is a client error and nothing is fetched."""
+    check_version("close_url_fetch")
     from _bentoml_impl import serde
     from bentoml.exceptions import BadInput
 
@@ -306,6 +389,7 @@ def _validation_message(exc: Any) -> str:
 def quiet_client_errors() -> None:
     """BentoML logs every client error (a validation error, a 4xx BentoMLException) at ERROR with a traceback, and
     answers a 4xx BentoMLException with a JSON *list*. Here: one INFO line with the reason, ``{"error": "..."}``."""
+    check_version("quiet_client_errors")
     from _bentoml_impl.server import app as app_module
     from pydantic import ValidationError
 
@@ -347,3 +431,13 @@ def quiet_client_errors() -> None:
 
     factory.api_endpoint_wrapper = api_endpoint_wrapper
     factory._ukr_hw_quiet = True
+
+
+def hashable_file_schema() -> None:
+    """BentoML turns a ``Path`` field into a file part by annotating it with its (unhashable) ``FileSchema``; inside
+    ``Optional`` typing must hash it, so a service with an optional file field does not even import. Hashable by
+    identity: a missing field then reaches the service's own clear message."""
+    check_version("hashable_file_schema")
+    from _bentoml_sdk.validators import FileSchema
+
+    FileSchema.__hash__ = object.__hash__  # type: ignore[method-assign]
