@@ -14,22 +14,24 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ukr_hw import stack
 from ukr_hw.api_client import ApiClient
+from ukr_hw.ops import StackError
+from ukr_hw.ops.ports import require_free_port
+from ukr_hw.ops.processes import ManagedProcess, ProcessExited
+from ukr_hw.ops.wait import NotReady, http_ok, wait_until
 from ukr_hw.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 600.0
 
 
-class _Stop(Exception):
-    """Raised by the signal handler to leave the wait loops."""
+class _Stop(BaseException):
+    """Raised by the signal handler to leave the wait loops (like KeyboardInterrupt, not an error to retry)."""
 
 
 def _loopback(host: str) -> str:
@@ -57,17 +59,45 @@ def ensure_champion(settings: Settings) -> str:
     return version
 
 
-def _start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdin=subprocess.DEVNULL)
+def _start(name: str, args: list[str]) -> ManagedProcess:
+    # log_path None: the API's and the UI's output goes where `ukr-hw up`'s goes
+    proc = ManagedProcess(name, args, log_path=None, cwd=REPO)
+    proc.start()
     _say(f"started {name} (pid {proc.pid}): {' '.join(args[1:])}")
     return proc
 
 
-def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+def _stop(procs: dict[str, ManagedProcess]) -> None:
     for name, proc in procs.items():
-        if proc.poll() is None:
+        if proc.alive():
             _say(f"stopping {name} …")
-        stack.kill_group(proc.pid, timeout=20.0, wait=proc.wait)
+        proc.stop(timeout=20.0)
+
+
+def _wait_ready(procs: dict[str, ManagedProcess], client: ApiClient, ui_url: str) -> None:
+    """Until the API and the UI both answer; :class:`ProcessExited` when one dies first, :class:`NotReady` after
+    :data:`READY_TIMEOUT_S`. Says every 15 s what it still waits for."""
+    ready = {"API": False, "UI": False}
+    last_note = [0.0]
+
+    def both_ready() -> bool:
+        for name, proc in procs.items():
+            if not proc.alive():
+                raise ProcessExited(f"{name} exited with code {proc.returncode} before it was ready")
+        ready["API"] = ready["API"] or client.ready()
+        ready["UI"] = ready["UI"] or http_ok(ui_url + "/config")
+        return all(ready.values())
+
+    def note(waited: float) -> None:
+        if waited - last_note[0] > 15:
+            _say("waiting for " + ", ".join(n for n, ok in ready.items() if not ok) + " …")
+            last_note[0] = waited
+
+    try:
+        wait_until(both_ready, timeout=READY_TIMEOUT_S, what="API and UI", fatal=(ProcessExited,), on_retry=note)
+    except NotReady:
+        waiting = ", ".join(n for n, ok in ready.items() if not ok)
+        raise NotReady(f"{waiting} not ready after {READY_TIMEOUT_S:.0f} s; giving up") from None
 
 
 def up(settings: Settings | None = None) -> int:
@@ -77,9 +107,9 @@ def up(settings: Settings | None = None) -> int:
     api_url = f"http://{_loopback(api_host)}:{s.api_port}"
     ui_url = f"http://{_loopback(ui_host)}:{s.ui_port}"
     try:
-        stack.require_free_port(s.api_port, "API", _loopback(api_host), setting="api_port")
-        stack.require_free_port(s.ui_port, "UI", _loopback(ui_host), setting="ui_port")
-    except stack.StackError as exc:
+        require_free_port(s.api_port, "API", _loopback(api_host), setting="api_port")
+        require_free_port(s.ui_port, "UI", _loopback(ui_host), setting="ui_port")
+    except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -87,13 +117,11 @@ def up(settings: Settings | None = None) -> int:
         raise _Stop(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    procs: dict[str, ManagedProcess] = {}
     try:
         try:
             version = ensure_champion(s)
-        except _Stop:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # a signal (_Stop) is no Exception: it goes on to the handler below
             _say(f"error: no champion model to serve ({exc.__class__.__name__}: {exc})")
             return 1
         _say(f"champion model: {s.model_name} v{version}; feedback goes to {s.feedback_uri}")
@@ -102,31 +130,18 @@ def up(settings: Settings | None = None) -> int:
         procs["UI"] = _start("UI", [*cli, "ui", "--port", str(s.ui_port), "--host", ui_host, "--api-url", api_url])
 
         client = ApiClient(api_url)
-        ready = {"API": False, "UI": False}
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        last_note = time.monotonic()
-        while not all(ready.values()):
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    _say(f"{name} exited with code {proc.returncode} before it was ready")
-                    return 1
-            ready["API"] = ready["API"] or client.ready()
-            ready["UI"] = ready["UI"] or stack.http_ok(ui_url + "/config")
-            if time.monotonic() > deadline:
-                waiting = ", ".join(n for n, ok in ready.items() if not ok)
-                _say(f"{waiting} not ready after {READY_TIMEOUT_S:.0f} s; giving up")
-                return 1
-            if time.monotonic() - last_note > 15:
-                _say("waiting for " + ", ".join(n for n, ok in ready.items() if not ok) + " …")
-                last_note = time.monotonic()
-            time.sleep(0.3)
+        try:
+            _wait_ready(procs, client, ui_url)
+        except (ProcessExited, NotReady) as exc:
+            _say(str(exc))
+            return 1
         client.close()
         _say(f"API ready: {api_url}   (model v{version}; docs at {api_url}/docs)")
         _say(f"UI ready:  {ui_url}   ← open this in a browser and draw")
         _say("press Ctrl-C to stop both")
         while True:
             for name, proc in procs.items():
-                if proc.poll() is not None:
+                if not proc.alive():
                     _say(f"{name} exited unexpectedly with code {proc.returncode}; stopping the rest")
                     return 1
             time.sleep(0.5)

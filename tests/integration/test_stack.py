@@ -142,7 +142,7 @@ def test_an_exited_child_not_yet_reaped_is_not_running_and_keeps_its_exit_code()
     proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     start = stack._process_start_time(proc.pid)
     deadline = time.monotonic() + 30
-    while stack._proc_stat(proc.pid)[0] != "Z":  # exited, not reaped: nobody waited yet
+    while not stack.is_zombie(proc.pid):  # exited, not reaped: nobody waited yet
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert not stack._same_process(proc.pid, start)
