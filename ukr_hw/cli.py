@@ -79,6 +79,12 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(port=args.port, host=args.host)
 
 
+def _bento(args: argparse.Namespace) -> int:
+    from services.bento.run import build
+
+    return build(model=args.model, version=args.version)
+
+
 def _ui(args: argparse.Namespace) -> None:
     from services.ui.app import launch
 
@@ -279,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", _serve, "Start the BentoML API on the champion model.")
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--host", default=None)
+
+    p = add("bento", _bento, "Build the API as a Bento with the champion (then `bentoml containerize <tag>`).")
+    p.add_argument("action", choices=["build"])
+    p.add_argument("--model", default=None, help="a model in the BentoML store (default: import the champion)")
+    p.add_argument("--version", default=None, help="the Bento's version (default: generated)")
 
     p = add("ui", _ui, "Start the Gradio sketchpad.")
     p.add_argument("--port", type=int, default=None)
