@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # CPU torch: a local wheel folder when the machine has one, else PyTorch's CPU index (never the CUDA build).
 TORCH_SOURCE := $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 
-.PHONY: setup up test lint format system-packages clean-state
+.PHONY: setup up test test-unit lint format system-packages clean-state
 
 setup: $(VENV)/.installed system-packages  ## create .venv from requirements.lock, install the package, fonts
 
@@ -24,8 +24,11 @@ system-packages:  ## handwriting fonts (synthetic training data) and, for tests,
 up: setup  ## the main job: train a first model if needed, then serve the API and the UI
 	$(VENV)/bin/ukr-hw up
 
-test: setup  ## the test suite, exactly as CI runs it
+test: setup  ## the test suite, exactly as CI runs it: tests/unit, tests/integration, tests/e2e
 	$(PY) -m pytest
+
+test-unit: setup  ## the fast tier: no servers, no flows (about a minute)
+	$(PY) -m pytest tests/unit -q
 
 lint:
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,5 +1,13 @@
 """Shared test setup.
 
+Tests come in three tiers, one folder each:
+
+* ``tests/unit``        — no servers, no flows: the whole tier in about a minute (``make test-unit``)
+* ``tests/integration`` — real PostgreSQL, S3 (SeaweedFS), MLflow, Prefect, BentoML and Gradio servers
+* ``tests/e2e``         — the browser and the feedback loop end to end
+
+``make test`` (what CI runs) runs all three.
+
 Fixtures live in one plugin module per area so that each stays short and has one owner:
 
 * ``tests/fixtures/data.py``    — prepared data (the real prep flow on the mirror, small MNIST share)
@@ -53,10 +61,12 @@ def mlflow_uris_restored():
             os.environ[name] = value
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def prefect_api():
-    """A real, temporary Prefect API (SQLite) for every flow the tests run."""
+    """A real, temporary Prefect API (SQLite) for every flow the tests run: used by the integration and end-to-end
+    tiers (their conftest.py), not by tests/unit, which runs no flow and needs no server."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # its start is CPU-bound (imports, migrations): minutes on a loaded 2-core machine
+    with prefect_test_harness(server_startup_timeout=600):
         yield

@@ -21,7 +21,7 @@ from ukr_hw.feedback import FeedbackStore
 from ukr_hw.settings import get_settings
 
 pytestmark = pytest.mark.browser
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage", "--disable-gpu"]
 
 

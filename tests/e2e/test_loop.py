@@ -27,7 +27,7 @@ from ukr_hw import stack
 #: the stack alone (mlflow + prefect server on PostgreSQL, worker, BentoML) takes minutes on a busy 2-core machine
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).parent / "prefect")
 TINY = {
     "seed": 11,

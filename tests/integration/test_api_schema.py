@@ -10,7 +10,7 @@ say "a binary file", and random bytes that fit it are not a PNG/JPEG/WebP drawin
 4xx the document declares for exactly that case (400 not an image, 413 too large, 415 another format, 422 a blank
 canvas), each with the ``Error`` body (``response_schema_conformance`` still checks it). Those statuses are added
 to what counts as accepting valid-looking data there; 2xx/401/403/… stay as the defaults. That valid drawings get
-200 is tested with real images in tests/test_serving.py.
+200 is tested with real images in tests/integration/test_serving.py.
 """
 
 from __future__ import annotations

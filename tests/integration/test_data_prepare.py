@@ -123,7 +123,7 @@ def test_eda_notebook_runs_on_prepared_data(prepared_data):
 
     from tests.fixtures.data import temp_env
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     nb = nbformat.read(repo / "notebooks" / "eda.ipynb", as_version=4)
     with temp_env(**prepared_data.env):
         NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(repo)}}).execute()

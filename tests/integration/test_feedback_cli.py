@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from tests.test_feedback import letter_png
+from tests.integration.test_feedback import letter_png
 from ukr_hw import cli
 from ukr_hw.feedback import FeedbackStore, source_id, source_salt
 from ukr_hw.settings import get_settings

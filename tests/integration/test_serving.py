@@ -30,7 +30,7 @@ from ukr_hw import stack
 from ukr_hw.api_client import ApiClient, ApiError, ApiUnreachableError
 from ukr_hw.labels import DIGITS, LETTERS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _png(img: Image.Image) -> bytes:
@@ -98,7 +98,11 @@ def test_classify_matches_in_process_predictor(server, client, champion_model, g
         np.testing.assert_allclose(
             [t["probability"] for t in g["top"]], [t["probability"] for t in e["top"]], atol=2e-4
         )
-        assert set(g) == {"label", "is_uppercase", "case_probability", "top", "model_version", "mode"}
+        assert set(g) == {
+            *("label", "is_uppercase", "case_probability", "top", "model_version", "mode"),
+            *("abstained", "abstain_reason"),
+        }
+        assert g["abstained"] is e["abstained"] is False and g["abstain_reason"] is None
         assert g["mode"] == e["mode"] == "any"  # no mode sent: every symbol
     # the glyphs the model gets right in-process are right over HTTP too (and the tiny model gets some right)
     truth = [f.stem.split("-")[0] for f in glyph_files]
@@ -233,6 +237,34 @@ def test_client_errors_carry_the_server_message(client):
     assert err.value.status == 400 and "not a readable image" in err.value.message
     with pytest.raises(ApiUnreachableError, match="ukr-hw serve"):
         ApiClient(f"http://127.0.0.1:{stack.free_port()}", timeout=2).classify(b"x")
+
+
+def test_not_one_symbol_gets_422_and_is_marked_in_a_batch(server, client, glyph_files):
+    """Noise (the 4000×4000 JPEG of the issue, smaller here) and two letters side by side are refused with 422 and
+    the message a user reads; in a batch the item says abstained and why; a real drawing still gets 200."""
+    from ukr_hw.model.abstain import MESSAGE
+
+    rng = np.random.default_rng(26)
+    noise = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (900, 900, 3), dtype=np.uint8)).save(noise, format="JPEG", quality=90)
+    a, b = (Image.open(f).convert("L") for f in glyph_files[:2])
+    pair = Image.new("L", (a.width + b.width + 40, max(a.height, b.height)), 255)
+    pair.paste(a, (0, 0))
+    pair.paste(b, (a.width + 40, 0))
+    for name, data, why in (("noise.jpg", noise.getvalue(), "noise"), ("pair.png", _png(pair), "two")):
+        resp = _post(server, "/classify", files={"image": (name, data, "image/png")})
+        _assert_error(resp, 422, MESSAGE, why)
+    good = glyph_files[0].read_bytes()
+    ok = client.classify(good)
+    assert ok["abstained"] is False and ok["abstain_reason"] is None and ok["label"]
+    batch = client.classify_batch([good, noise.getvalue()], filenames=["g.png", "n.jpg"])
+    assert batch[0]["abstained"] is False and batch[0]["label"] == ok["label"]
+    assert batch[1]["abstained"] is True and "noise" in batch[1]["abstain_reason"] and batch[1]["label"]
+    with pytest.raises(ApiError) as err:  # the client library hands the message over
+        client.classify(noise.getvalue(), filename="n.jpg")
+    assert err.value.status == 422 and MESSAGE in err.value.message
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert 'reason="not_one_symbol"' in metrics
 
 
 # --- hot reload -------------------------------------------------------------------------------------------------

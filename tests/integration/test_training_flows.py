@@ -10,7 +10,7 @@ import pytest
 
 from tests.tiny_data import write_tiny_processed
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import optuna
 import yaml
 
-from tests.test_training_flows import tiny_project  # noqa: F401  (fixture)
+from tests.integration.test_training_flows import tiny_project  # noqa: F401  (fixture)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_tune_nested_runs_pruning_and_best_params(tiny_project, tmp_path):  # noqa: F811

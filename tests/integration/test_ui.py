@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_feedback import letter_png
+from tests.integration.test_feedback import letter_png
 from ukr_hw import stack
 from ukr_hw.api_client import ApiClient
 from ukr_hw.feedback import FeedbackStore
 from ukr_hw.settings import Settings, get_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240
 
 
@@ -240,6 +240,29 @@ def test_clear_messages_for_bad_requests(running: Running, tmp_path):
         client.predict(_sketch(png), None, None, api_name="/correct")
     with pytest.raises(AppError, match="UPPERCASE or lowercase"):
         client.predict(_sketch(png), "г", None, api_name="/correct")
+
+
+def test_not_one_symbol_is_said_in_the_sketchpad(running: Running, tmp_path):
+    """Scribbled noise over the canvas: the API abstains (422), and the sketchpad says so in the answer panel, with
+    no guess, no top-3 and nothing to confirm; the symbol grid stays for a user who did draw one symbol."""
+    import html
+
+    import numpy as np
+    from gradio_client.exceptions import AppError
+    from PIL import Image
+
+    from ukr_hw.model.abstain import MESSAGE
+
+    noise = tmp_path / "noise.png"
+    rng = np.random.default_rng(7)
+    Image.fromarray(rng.integers(0, 256, (400, 400, 4), dtype=np.uint8), "RGBA").save(noise)
+    client = _client(running.ui_url)
+    shown, top3, symbol, case = (_value(o) for o in client.predict(_sketch(noise), api_name="/predict"))
+    assert html.escape(MESSAGE) in shown and "model v" not in shown
+    assert not top3 or not top3.get("confidences")
+    assert symbol is None and case is None
+    with pytest.raises(AppError, match="Press Recognise first"):  # no guess was kept to confirm
+        client.predict(_sketch(noise), api_name="/confirm")
 
 
 def test_api_down_is_explained(tmp_path):

@@ -3,7 +3,7 @@
 Each test runs the patched code in a fresh process with and without the patch, so it shows the patch is what makes
 the difference (a test that passes without its patch guards nothing). The hostile-traffic patches
 (``limit_connections``, ``close_url_fetch``, ``quiet_client_errors``) are tested against the real server in
-tests/test_hostile.py.
+tests/integration/test_hostile.py.
 
 ``balance_accepts``: two real processes serve one shared listening socket, as BentoML's API workers do; a burst of
 keep-alive connections must reach both. Without the fix asyncio's accept loop hands the whole burst to the process
@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 WORKER = """
 import asyncio, os, socket, sys

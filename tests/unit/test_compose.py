@@ -21,7 +21,7 @@ from types import ModuleType
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (REPO / "docker-compose.yml").read_text()
 #: the file without its comment lines (which quote variables by way of example)
 COMPOSE_CODE = re.sub(r"(?m)^\s*#.*$", "", COMPOSE_TEXT)
