@@ -29,8 +29,9 @@ The hostile-traffic fixes (:func:`limit_connections`, :func:`close_url_fetch`, :
 **Every patch here is pinned.** :data:`PATCHES` names, for each one, the package it patches, the versions it was
 read against and tested with, and the upstream report. On any other installed version the patch raises
 :class:`UncheckedVersionError` when it is applied (so the service does not start) instead of silently patching code
-that may have changed: re-read the patched function in the new version, run ``tests/test_bentoml_fixes.py`` and
-``tests/test_hostile.py``, then add the version to the patch's entry, or delete the patch if upstream fixed it.
+that may have changed: re-read the patched function in the new version, run ``tests/unit/test_bentoml_fixes.py``
+and ``tests/integration/test_hostile.py``, then add the version to the patch's entry, or delete the patch if upstream
+fixed it.
 ``UKR_HW_UNCHECKED_PATCHES=warn`` starts anyway with a warning (for trying an upgrade, not for production).
 """
 
@@ -106,7 +107,8 @@ def check_version(name: str) -> bool:
     message = (
         f"services/bento/bentoml_fixes.py: the patch `{name}` was checked against {patch.package} "
         f"{', '.join(patch.versions)}, but {patch.package} {installed} is installed. Re-read the patched code in "
-        f"{installed} (upstream: {patch.upstream}), run tests/test_bentoml_fixes.py and tests/test_hostile.py, then "
+        f"{installed} (upstream: {patch.upstream}), run tests/unit/test_bentoml_fixes.py and "
+        "tests/integration/test_hostile.py, then "
         f"add {installed!r} to PATCHES[{name!r}] or delete the patch. UKR_HW_UNCHECKED_PATCHES=warn starts anyway."
     )
     if os.environ.get("UKR_HW_UNCHECKED_PATCHES") == "warn":
