@@ -7,6 +7,13 @@ The one place that turns network outputs into the public result shape used by th
 
 ``label`` is the lowercase symbol; ``is_uppercase`` / ``case_probability`` are ``null`` for digits.
 
+``abstained`` / ``abstain_reason``: the model's answer when what it was given is not one symbol (noise, a photo, a
+scribble, two letters side by side; :mod:`ukr_hw.model.abstain`): ``true`` and why, from the ink statistics of the
+image or from the model's energy above its stored ``abstain_energy`` (its confidence below ``abstain_threshold``
+where only probabilities are passed); ``false`` / ``null`` otherwise. The
+label and top 5 are still given (the best guess); the API answers ``/classify`` with 422 instead, the sketchpad says
+"I can't read one symbol there — draw one letter or digit".
+
 ``mode`` is the restriction the answer was read under (:func:`restrict`): ``"any"`` (all 43 symbols, the default),
 ``"letters"`` or ``"digits"``. «З»/«3», «О»/«0» and «Ь»/«6» are one drawing, so a caller that knows which kind of
 symbol it expects says so; the excluded classes are zeroed and the rest renormalised, so ``label``, ``top`` and the
@@ -248,14 +255,33 @@ def _r(p: float) -> float:
 
 
 def format_result(
-    probs: np.ndarray, case_prob: float, model_version: str | None, mode: str | None = DEFAULT_MODE
+    probs: np.ndarray,
+    case_prob: float,
+    model_version: str | None,
+    mode: str | None = DEFAULT_MODE,
+    abstain_threshold: float = 0.0,
+    ink_reason: str | None = None,
+    energy: float | None = None,
+    abstain_energy: float | None = None,
 ) -> dict[str, Any]:
     """The public result for one glyph from its symbol probabilities (43,) and P(uppercase), read under ``mode``
-    (:func:`restrict`: label, top-k and probabilities over the allowed symbols only; the mode is reported)."""
+    (:func:`restrict`: label, top-k and probabilities over the allowed symbols only; the mode is reported).
+
+    It abstains (``abstained: true``) for ``ink_reason`` (the image's ink is not one symbol:
+    :func:`ukr_hw.model.abstain.ink_reason`) or when the model does not know it: its ``energy`` (from
+    :meth:`Predictor.predict_outputs`) above ``abstain_energy`` (the model's own, :attr:`Predictor.abstain_energy`)
+    when both are given, else the largest of the 43 probabilities, before the restriction, below
+    ``abstain_threshold`` (:attr:`Predictor.abstain_threshold`; 0: never)."""
+    from ukr_hw.model.abstain import model_reason
+
     mode = parse_mode(mode)
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     if probs.shape[0] != NUM_CLASSES:
         raise ValueError(f"expected {NUM_CLASSES} symbol probabilities, got {probs.shape[0]}")
+    # over every symbol, before the restriction: a restriction must not make noise look like a letter
+    reason = ink_reason or model_reason(
+        probs, abstain_threshold, None if energy is None else float(energy), abstain_energy
+    )
     probs = restrict(probs, mode)
     order = np.argsort(-probs, kind="stable")[:TOP_K]
     best = int(order[0])
@@ -268,6 +294,8 @@ def format_result(
         "top": [{"label": symbol_of(int(i)), "probability": _r(probs[i])} for i in order],
         "model_version": None if model_version is None else str(model_version),
         "mode": mode,
+        "abstained": reason is not None,
+        "abstain_reason": reason,
     }
 
 
@@ -293,48 +321,79 @@ class Predictor:
     def from_dir(cls, model_dir: Path | str, model_version: str | None = None) -> Predictor:
         return cls(load_net_from_dir(model_dir), model_version)
 
+    @property
+    def abstain_threshold(self) -> float:
+        """The model's stored confidence threshold for abstaining (0 for models logged without one: never)."""
+        return float(getattr(self.net.config, "abstain_threshold", 0.0) or 0.0)
+
+    @property
+    def abstain_energy(self) -> float | None:
+        """The model's stored energy threshold for abstaining (None for models logged without one)."""
+        value = getattr(self.net.config, "abstain_energy", None)
+        return None if value is None else float(value)
+
     def predict_arrays(self, x: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``x`` (N,28,28) float in [0,1] (uint8 0-255 accepted), ``ink`` (N,2) → ``(probs (N,43), P(upper) (N,))``."""
         from ukr_hw.model.network import predict_arrays
 
         return predict_arrays(self.net, x, ink, self.batch_size)
 
-    def predict_glyphs(self, glyphs: Sequence[Any], mode: str | None = DEFAULT_MODE) -> list[dict[str, Any]]:
-        """Results for preprocessed :class:`~ukr_hw.preprocess.Glyph` objects, read under ``mode``."""
+    def predict_outputs(self, x: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`predict_arrays`'s ``(probs, P(upper))`` and each glyph's energy (N,), from the same forward pass:
+        pass it to :func:`format_result` with :attr:`abstain_energy`."""
+        from ukr_hw.model.network import predict_outputs
+
+        return predict_outputs(self.net, x, ink, self.batch_size)
+
+    def predict_glyphs(
+        self, glyphs: Sequence[Any], mode: str | None = DEFAULT_MODE, ink_reasons: Sequence[str | None] | None = None
+    ) -> list[dict[str, Any]]:
+        """Results for preprocessed :class:`~ukr_hw.preprocess.Glyph` objects, read under ``mode``; ``ink_reasons``
+        (one per glyph, from :func:`ukr_hw.model.abstain.ink_reason`) make those results abstain."""
         mode = parse_mode(mode)
         if not glyphs:
             return []
+        reasons = list(ink_reasons) if ink_reasons is not None else [None] * len(glyphs)
+        if len(reasons) != len(glyphs):
+            raise ValueError(f"{len(glyphs)} glyphs but {len(reasons)} ink reasons; pass one (or None) per glyph")
         x = np.stack([g.pixels for g in glyphs]).astype(np.float32)
         ink = np.stack([g.features for g in glyphs]).astype(np.float32)
-        probs, case = self.predict_arrays(x, ink)
-        return [format_result(p, float(c), self.model_version, mode) for p, c in zip(probs, case, strict=True)]
+        probs, case, energy = self.predict_outputs(x, ink)
+        t, te = self.abstain_threshold, self.abstain_energy
+        return [
+            format_result(p, float(c), self.model_version, mode, t, r, float(e), te)
+            for p, c, r, e in zip(probs, case, reasons, energy, strict=True)
+        ]
 
     def predict_sources(self, sources: Sequence[Any], mode: str | None = DEFAULT_MODE) -> list[dict[str, Any]]:
-        """Preprocess (the one path) and predict images given as paths, bytes, PIL images, arrays or dicts."""
-        from ukr_hw.preprocess import preprocess
+        """Preprocess (the one path, with the ink statistics: :func:`ukr_hw.model.abstain.analyse`) and predict
+        images given as paths, bytes, PIL images, arrays or dicts."""
+        from ukr_hw.model.abstain import analyse, ink_reason
 
         mode = parse_mode(mode)
-        return self.predict_glyphs([preprocess(s) for s in sources], mode)
+        analysed = [analyse(s) for s in sources]
+        return self.predict_glyphs([g for g, _ in analysed], mode, [ink_reason(s) for _, s in analysed])
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Files
 
 
-def _preprocess_one(path: str) -> tuple[np.ndarray, np.ndarray] | str:
-    """(uint8 pixels, ink features) or the error message; runs in worker processes."""
-    from ukr_hw.preprocess import PreprocessError, preprocess
+def _preprocess_one(path: str) -> tuple[np.ndarray, np.ndarray, str | None] | str:
+    """(pixels, ink features, ink-rule reason or None) or the error message; runs in worker processes."""
+    from ukr_hw.model.abstain import analyse, ink_reason
+    from ukr_hw.preprocess import PreprocessError
 
     try:
-        g = preprocess(Path(path))
+        g, stats = analyse(Path(path))
     except PreprocessError as exc:
         return str(exc)
     except Exception as exc:
         return f"cannot process {path}: {exc.__class__.__name__}: {exc}"
-    return g.pixels.astype(np.float32), g.features
+    return g.pixels.astype(np.float32), g.features, ink_reason(stats)
 
 
-def _preprocess_chunk(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray] | str]:
+def _preprocess_chunk(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray, str | None] | str]:
     return [_preprocess_one(p) for p in paths]
 
 
@@ -368,15 +427,27 @@ def predict_paths(
     chunk = max(16, min(batch_size, 256))
     n_workers = workers if workers is not None else (min(os.cpu_count() or 1, 4) if len(items) >= 512 else 0)
 
-    def emit(batch: list[str], prepped: list[tuple[np.ndarray, np.ndarray] | str]) -> Iterator[dict[str, Any]]:
+    def emit(
+        batch: list[str], prepped: list[tuple[np.ndarray, np.ndarray, str | None] | str]
+    ) -> Iterator[dict[str, Any]]:
         good = [i for i, r in enumerate(prepped) if not isinstance(r, str)]
         results: dict[int, dict[str, Any]] = {}
         if good:
             x = np.stack([prepped[i][0] for i in good])  # type: ignore[index]
             ink = np.stack([prepped[i][1] for i in good])  # type: ignore[index]
-            probs, case = pred.predict_arrays(x, ink)
+            probs, case, energy = pred.predict_outputs(x, ink)
             for j, i in enumerate(good):
-                results[i] = format_result(probs[j], float(case[j]), pred.model_version, mode)
+                reason = prepped[i][2]  # type: ignore[index]
+                results[i] = format_result(
+                    probs[j],
+                    float(case[j]),
+                    pred.model_version,
+                    mode,
+                    pred.abstain_threshold,
+                    reason,
+                    float(energy[j]),
+                    pred.abstain_energy,
+                )
         for i, path in enumerate(batch):
             r = prepped[i]
             yield {"path": path, "error": r} if isinstance(r, str) else {"path": path, **results[i]}

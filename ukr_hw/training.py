@@ -26,7 +26,7 @@ import yaml
 
 from ukr_hw.data import split, steps
 from ukr_hw.data.arrays import Samples, load_samples
-from ukr_hw.model import case_threshold
+from ukr_hw.model import abstain, case_threshold
 from ukr_hw.model.evaluate import EvalReport, evaluate, write_reports
 from ukr_hw.model.network import EnsembleNet, NetConfig, Network, UkrHwNet, build_network, member_nets
 from ukr_hw.settings import Settings, get_settings
@@ -82,6 +82,9 @@ DEFAULTS: dict[str, Any] = {
         "case_threshold": 0.5,  #: P(upper) above which a letter is uppercase, stored with the model (NetConfig)
         #: re-fit case_threshold on the members' held-out letters from these sources (feedback), given enough
         "case_threshold_fit": dict(case_threshold.DEFAULTS),
+        #: the "not one symbol" threshold on the model's confidence, fitted on the members' held-out real glyphs and
+        #: stored with the model (NetConfig.abstain_threshold): the share of them it may refuse, their sources, ...
+        "abstain": dict(abstain.DEFAULTS),
         #: share of a nearest-neighbour vote over each member's training glyphs in its symbol probabilities (0: off)
         "knn_weight": 0.0,
         "knn_k": 5,
@@ -376,6 +379,10 @@ def finetune(
         raise ConfigError("finetune.members > 1 cannot take training callbacks (Optuna pruning): set it to 1")
     configured, fit_settings = _case_threshold(config)
     knn = _knn_settings(config)
+    try:
+        abstain_settings = abstain.check(config["finetune"].get("abstain") or {})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"finetune.abstain: {e}") from e
     inits = member_nets(init) if init is not None else [None]
     members, fits, val_slices, memories = [], [], [], []
     for k in range(k_members):
@@ -412,6 +419,17 @@ def finetune(
     log.info("fine-tune: case threshold %.2f (%s)", threshold.threshold, threshold.reason)
     for member in members:
         member.config = replace(member.config, case_threshold=threshold.threshold)
+    # "not one symbol": the confidence below which the model abstains, on real glyphs no member trained on
+    oof_scores, oof_energies = abstain.out_of_fold(members, val_slices, abstain_settings["sources"])
+    abstention = abstain.fit_threshold(oof_scores, abstain_settings, oof_energies)
+    log.info(
+        "fine-tune: abstain threshold %.4f, energy %s (%d held-out real glyphs)",
+        abstention.threshold,
+        abstention.energy,
+        abstention.glyphs,
+    )
+    for member in members:
+        member.config = replace(member.config, abstain_threshold=abstention.threshold, abstain_energy=abstention.energy)
     net = members[0] if k_members == 1 else EnsembleNet(members).eval()
     test = test if test is not None else load_samples(s.processed_dir / split.TEST_FILE)
     report = evaluate(net, test)
@@ -423,6 +441,7 @@ def finetune(
             "train_seconds": round(time.perf_counter() - t0, 1),
             "memory_glyphs": sum(len(m.knn_labels) for m in members) / len(members),  #: per member
             **threshold.metrics(),
+            **abstention.metrics(),
         }
     )
     if k_members > 1:

@@ -26,7 +26,8 @@ finish on the model they started with. An unreachable registry leaves the curren
 log, gauge ``ukr_hw_registry_reachable`` 0, counter ``ukr_hw_reload_failures_total``).
 
 Bad input never gives a 5xx: ``{"error": "..."}`` with 400 (not an image, truncated, wrong field, too many
-images, an unknown mode), 413 (too large in bytes or pixels), 415 (unsupported format) or 422 (blank canvas: no ink).
+images, an unknown mode), 413 (too large in bytes or pixels), 415 (unsupported format) or 422 (blank canvas: no ink;
+or not one symbol, ``ukr_hw.model.abstain``: noise, a photo, a scribble, two symbols side by side).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from typing import Annotated, Any, Literal, Optional
 import bentoml
 import numpy as np
 import pandas  # noqa: F401  # BentoML's batch dispatcher imports pandas lazily; concurrent first batches raced
-from _bentoml_sdk.validators import FileSchema  # BentoML's own file field (kept under Optional)
 from pydantic import BaseModel, BeforeValidator, Field
 from starlette.responses import JSONResponse
 
@@ -59,6 +59,7 @@ bentoml_fixes.cache_mime_types()  # BentoML generates a JSON schema per response
 bentoml_fixes.limit_connections()  # header timeout, keep-alive timeout, connections per source address
 bentoml_fixes.close_url_fetch()  # BentoML would download a file field given as a URL (SSRF)
 bentoml_fixes.quiet_client_errors()  # 4xx: one INFO line and {"error": ...}, not an ERROR traceback
+bentoml_fixes.hashable_file_schema()  # a file field inside Optional[...] (BentoML's FileSchema)
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # an unreachable registry must fail fast
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
@@ -70,7 +71,26 @@ if not log.handlers:  # BentoML configures only its own loggers: client errors (
     log.setLevel(logging.INFO)
     log.propagate = False
 SETTINGS = get_settings()
-BENTO_MODEL_TAG = os.environ.get("UKR_HW_BENTO_MODEL", "ukr-hw:latest")
+
+
+def _packed_model_tag() -> str | None:
+    """Run from a Bento (``<bento>/src/services/bento/service.py``): the model its ``bento.yaml`` packs. Served from
+    the Bento store, BentoML resolves models in the global store, where ``ukr-hw:latest`` may be a newer import."""
+    import yaml
+
+    manifest = Path(__file__).resolve().parents[3] / "bento.yaml"
+    if not manifest.is_file():
+        return None
+    info = yaml.safe_load(manifest.read_text(encoding="utf-8")) or {}
+    for svc in info.get("services") or []:
+        for model in svc.get("models") or []:
+            if str(model.get("tag", "")).startswith(f"{SETTINGS.model_name}:"):
+                return str(model["tag"])
+    return None
+
+
+#: the BentoML model served at start: ``UKR_HW_BENTO_MODEL`` (``ukr-hw serve`` sets it), else the one this Bento packs
+BENTO_MODEL_TAG = os.environ.get("UKR_HW_BENTO_MODEL") or _packed_model_tag() or f"{SETTINGS.model_name}:latest"
 ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP"}
 FEATURES = 28 * 28 + 2  #: one glyph's features: 784 pixels then the ink box [height, width]
 ROW = FEATURES + 1  #: one model input row: the features, then the request's mode (its index in MODES)
@@ -126,6 +146,12 @@ MODEL_VERSION = bentoml.metrics.Gauge(
     labelnames=["version"],
     multiprocess_mode="livemax",
 )
+MODEL_STORE_FALLBACK = bentoml.metrics.Gauge(
+    name="ukr_hw_model_store_fallback",
+    documentation="1 while the model served is the BentoML store's newest, taken because the registry was "
+    "unreachable when the API started; 0 once the registry confirmed or replaced it",
+    multiprocess_mode="livemax",
+)
 REJECTED = bentoml.metrics.Counter(
     name="ukr_hw_rejected_requests", documentation="Requests refused as bad input", labelnames=["reason"]
 )
@@ -150,12 +176,22 @@ class ClassifyResult(BaseModel):
     mode: Mode = Field(
         description="the restriction the answer was read under: any (every symbol), letters or digits only"
     )
+    abstained: bool = Field(
+        False,
+        description="true when the image is not one symbol (noise, a photo, a scribble, two symbols): label and top "
+        "are then only a guess. /classify answers such an image with 422; /classify_batch marks the item",
+    )
+    abstain_reason: str | None = Field(None, description="why it abstained (null when it did not)")
 
 
 class ModelInfo(BaseModel):
     model_version: str | None
     members: int = Field(description="networks whose probabilities each answer averages (1: a single network)")
-    source: str = Field(description="'bento' (packed at build time) or 'registry' (loaded after the alias moved)")
+    source: str = Field(
+        description="'bento' (the model it started with: packed in the Bento or imported by `ukr-hw serve`), "
+        "'registry' (loaded after the alias moved) or 'store (registry unreachable)' (the registry was down at "
+        "start: the newest model in the BentoML store, until the registry answers)"
+    )
     loaded_at: float = Field(description="UNIX time the model was loaded")
     registry_reachable: bool | None = Field(description="result of the last registry check (null: none yet)")
     registry_status: Literal["ok", "unreachable", "no_champion"] | None = Field(
@@ -211,7 +247,22 @@ class UkrHwModel:
         self.source = "bento"
         self.loaded_at = time.time()
         MODEL_VERSION.labels(version=str(self.predictor.model_version)).set(1)
-        log.info("serving %s (model version %s)", stored.tag, self.predictor.model_version)
+        # `ukr-hw serve` found the registry down and chose the store's newest model: say so from the first request,
+        # not only after the first poll (and with UKR_HW_RELOAD_INTERVAL_S=0 there is none)
+        at_start = os.environ.get("UKR_HW_SERVE_REGISTRY_ERROR")
+        if at_start:
+            from services.bento.run import STORE_FALLBACK
+
+            self.source, self.registry_reachable, self.registry_status = STORE_FALLBACK, False, "unreachable"
+            self.last_check_error = (
+                f"registry unreachable when the API started ({at_start}); serving {stored.tag}, the newest model "
+                "in the BentoML store, until the registry answers"
+            )
+            REGISTRY_REACHABLE.set(0)
+            log.warning("%s", self.last_check_error)
+        MODEL_STORE_FALLBACK.set(1 if at_start else 0)
+        code = Path(__file__).resolve().parents[2]  # the repo, or the Bento's src/ when served from a Bento
+        log.info("serving %s (model version %s; code in %s)", stored.tag, self.predictor.model_version, code)
         # warm up: the first forward pass and the registry client's imports (mlflow) before the heap is frozen
         self.predictor.predict_arrays(np.zeros((1, 28, 28), np.float32), np.zeros((1, 2), np.float32))
         import mlflow.tracking  # noqa: F401
@@ -238,6 +289,9 @@ class UkrHwModel:
                 uri, version = resolve_model_uri(None, SETTINGS)
                 self.registry_reachable, self.last_check_error, self.registry_status = True, None, "ok"
                 REGISTRY_REACHABLE.set(1)
+                if version == previous and self.source != "registry":  # the store's model IS the champion
+                    self.source = "bento"
+                    MODEL_STORE_FALLBACK.set(0)
             except Exception as exc:
                 from ukr_hw.inference import ModelNotFoundError
 
@@ -262,6 +316,7 @@ class UkrHwModel:
                 return {"ok": False, "error": self.last_check_error, "model_version": previous}
             self.predictor = fresh  # atomic reference swap: running batches keep their own reference
             self.source, self.loaded_at = "registry", time.time()
+            MODEL_STORE_FALLBACK.set(0)
             RELOADS.inc()
             MODEL_VERSION.labels(version=str(previous)).set(0)
             MODEL_VERSION.labels(version=str(fresh.model_version)).set(1)
@@ -286,10 +341,15 @@ class UkrHwModel:
 
         predictor = self.predictor  # one model for the whole batch, even if a reload swaps meanwhile
         rows = np.asarray(rows, dtype=np.float32).reshape(-1, ROW)
-        probs, case = predictor.predict_arrays(rows[:, :784].reshape(-1, 28, 28), rows[:, 784:FEATURES])
+        probs, case, energy = predictor.predict_outputs(rows[:, :784].reshape(-1, 28, 28), rows[:, 784:FEATURES])
         modes = [MODES[int(m)] for m in rows[:, FEATURES]]
         version = predictor.model_version
-        return [format_result(p, float(c), version, m) for p, c, m in zip(probs, case, modes, strict=True)]
+        # the model's own "not one symbol" thresholds: energy when it stores one, else max probability (0: never)
+        t, t_energy = predictor.abstain_threshold, predictor.abstain_energy
+        return [
+            format_result(p, float(c), version, m, t, energy=float(e), abstain_energy=t_energy)
+            for p, c, e, m in zip(probs, case, energy, modes, strict=True)
+        ]
 
     @bentoml.api
     def info(self) -> dict[str, Any]:
@@ -372,11 +432,13 @@ def _mode(value: str | None) -> Mode:
         ) from exc
 
 
-def _prepare(path: Path | None, name: str, mode: Mode = DEFAULT_MODE) -> np.ndarray:
-    """Validated upload → one model input row (787,) via THE preprocessing path, the mode in its last column."""
+def _prepare(path: Path | None, name: str, mode: Mode = DEFAULT_MODE) -> tuple[np.ndarray, str | None]:
+    """Validated upload → one model input row (787,) via THE preprocessing path, the mode in its last column, and
+    why its ink is not one symbol (:func:`ukr_hw.model.abstain.ink_reason`; None when it may be one)."""
     from PIL import Image
 
-    from ukr_hw.preprocess import EmptyImageError, PreprocessError, preprocess
+    from ukr_hw.model.abstain import analyse, ink_reason
+    from ukr_hw.preprocess import EmptyImageError, PreprocessError
 
     if path is None:
         raise BadInput(
@@ -387,7 +449,7 @@ def _prepare(path: Path | None, name: str, mode: Mode = DEFAULT_MODE) -> np.ndar
         )
     data = _check_image(Path(path), name)
     try:
-        glyph = preprocess(data)
+        glyph, stats = analyse(data)  # preprocess's glyph and the ink statistics of the same pass
     except EmptyImageError as exc:
         raise BadInput(422, f"{name}: {exc}", "empty") from exc
     except (PreprocessError, Image.DecompressionBombError) as exc:
@@ -396,7 +458,14 @@ def _prepare(path: Path | None, name: str, mode: Mode = DEFAULT_MODE) -> np.ndar
     row[:784] = glyph.pixels.reshape(-1)
     row[784:FEATURES] = glyph.features
     row[FEATURES] = MODES.index(mode)
-    return row
+    return row, ink_reason(stats)
+
+
+def _not_one_symbol(name: str, reason: str | None) -> BadInput:
+    """The 422 of an image the model abstains on, saying why and what to send."""
+    from ukr_hw.model.abstain import MESSAGE
+
+    return BadInput(422, f"{name}: {MESSAGE} ({reason or 'not one symbol'}).", "not_one_symbol")
 
 
 def _error(ctx: bentoml.Context, exc: BadInput) -> JSONResponse:
@@ -479,7 +548,7 @@ _ERRORS = {
     408: "the request (headers or body) did not arrive in time",
     413: "too large, in bytes or pixels",
     415: "wrong Content-Type or image format",
-    422: "a blank canvas: no ink",
+    422: "a blank canvas (no ink), or not one symbol: noise, a photo, a scribble, two symbols side by side",
     429: "too many requests or connections",
     500: "server error",
     503: "registry unreachable (reload), or the service not ready",
@@ -515,6 +584,7 @@ def _complete_openapi(spec: dict) -> dict:
             "registry_reachable": {"type": "boolean", "nullable": True},
             "registry_status": {"type": "string", "nullable": True},
             "last_check_error": {"type": "string", "nullable": True},
+            "source": {"type": "string", "nullable": True, "description": "where the served model came from"},
         },
     }
     components["securitySchemes"] = {"adminToken": {"type": "http", "scheme": "bearer"}}
@@ -715,6 +785,7 @@ class UploadGuard:
                 "registry_reachable": info.get("registry_reachable"),
                 "registry_status": info.get("registry_status"),
                 "last_check_error": info.get("last_check_error"),
+                "source": info.get("source"),
             }
             return await JSONResponse(details)(scope, receive, send)
         raw = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
@@ -818,9 +889,6 @@ class Coalescer:
 
 # --- the public API service ---------------------------------------------------------------------------------------
 
-# BentoML turns a ``Path`` field into a file part by annotating it with its (unhashable) FileSchema; inside
-# ``Optional`` typing must hash it. Hashable by identity, so a missing field reaches our own clear message.
-FileSchema.__hash__ = object.__hash__  # type: ignore[method-assign]
 UploadedFile = Optional[Path]  # noqa: UP045 - typing.Optional: BentoML patches typing.Union, not X | None
 
 
@@ -863,11 +931,12 @@ class UkrHwApi:
         _warm_up_preprocessing()
         _freeze_heap()
 
-    async def _rows(self, paths: list[tuple[Path | None, str]], mode: Mode) -> np.ndarray:
+    async def _rows(self, paths: list[tuple[Path | None, str]], mode: Mode) -> tuple[np.ndarray, list[str | None]]:
+        """The model input rows of these uploads and each one's ink-rule reason (None: may be one symbol)."""
         import anyio
 
-        rows = [await anyio.to_thread.run_sync(_prepare, p, n, mode, limiter=self._limiter) for p, n in paths]
-        return np.stack(rows)
+        prepared = [await anyio.to_thread.run_sync(_prepare, p, n, mode, limiter=self._limiter) for p, n in paths]
+        return np.stack([row for row, _ in prepared]), [reason for _, reason in prepared]
 
     @bentoml.api(route="/classify")
     async def classify(
@@ -881,13 +950,18 @@ class UkrHwApi:
         ``any`` (the default) allows all 43. Returns the symbol (lowercase), whether it is uppercase (null for
         digits), the top 5 symbols, the model version that answered and the mode applied.
         Errors: ``{"error": "..."}`` with 400 (not an image / truncated / no file / unknown mode), 413 (over
-        settings.max_upload_bytes or max_image_side), 415 (other formats), 422 (blank canvas: no ink).
+        settings.max_upload_bytes or max_image_side), 415 (other formats), 422 (blank canvas: no ink; or not one
+        symbol: noise, a photo, a scribble, two symbols side by side — the model abstains).
         """
         try:
-            rows = await self._rows([(image, "image")], _mode(mode))
+            rows, reasons = await self._rows([(image, "image")], _mode(mode))
+            if reasons[0] is not None:  # the ink alone says it: no forward pass
+                raise _not_one_symbol("image", reasons[0])
+            results = await self._predict(rows)
+            if results[0].get("abstained"):
+                raise _not_one_symbol("image", results[0].get("abstain_reason"))
         except BadInput as exc:
             return _error(ctx, exc)  # type: ignore[return-value]
-        results = await self._predict(rows)
         return ClassifyResult.model_validate(results[0])
 
     @bentoml.api(route="/classify_batch")
@@ -902,7 +976,8 @@ class UkrHwApi:
         Send multipart/form-data with every file in the repeated field ``images`` (at most
         settings.max_batch_images) and optionally the text field ``mode`` (``any``, ``letters`` or ``digits``,
         for every image; as for /classify). Returns one result per image, in the order sent. Any bad image fails
-        the whole request with ``{"error": "image N: ..."}`` naming it (400/413/415/422 as for /classify).
+        the whole request with ``{"error": "image N: ..."}`` naming it (400/413/415/422 as for /classify); an
+        image that is not one symbol does not: its result says ``abstained: true`` and why.
         """
         try:
             applied = _mode(mode)
@@ -920,10 +995,14 @@ class UkrHwApi:
                     "split them over several requests.",
                     "too_many",
                 )
-            rows = await self._rows([(p, f"image {i}") for i, p in enumerate(images)], applied)
+            rows, reasons = await self._rows([(p, f"image {i}") for i, p in enumerate(images)], applied)
         except BadInput as exc:
             return _error(ctx, exc)  # type: ignore[return-value]
-        return [ClassifyResult.model_validate(r) for r in await self._predict(rows)]
+        results = await self._predict(rows)
+        for result, reason in zip(results, reasons, strict=True):
+            if reason is not None:  # the ink rule's verdict, next to the model's guess
+                result.update(abstained=True, abstain_reason=reason)
+        return [ClassifyResult.model_validate(r) for r in results]
 
     @bentoml.api(route="/info")
     async def info(self) -> ModelInfo:

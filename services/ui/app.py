@@ -41,6 +41,7 @@ from ukr_hw.feedback import (
     source_salt,
 )
 from ukr_hw.inference import DEFAULT_MODE, InvalidModeError, parse_mode
+from ukr_hw.model.abstain import MESSAGE as NOT_ONE_SYMBOL
 from ukr_hw.ratelimit import Limit, RateLimiter, describe_span, describe_wait
 from ukr_hw.settings import Settings, get_settings
 
@@ -295,6 +296,8 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
                 title="Service unavailable",
             ) from exc
         except ApiError as exc:
+            if exc.status == 422 and NOT_ONE_SYMBOL in exc.message:  # the model abstained: not an error to fix
+                return png, {"abstained": True, "abstain_reason": exc.message}
             raise gr.Error(
                 f"The recognition service refused the drawing: {exc.message}", title="Not recognised"
             ) from exc
@@ -313,6 +316,19 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
         if address is not None:
             _take([(f"addr-predict:{address}", predicts)], "recognitions", "asked for")
         _, result = classify(sketch, mode)
+        if result.get("abstained"):
+            # noise, a scribble, two letters: say so instead of a guess; the symbol grid stays, so a user who did
+            # draw one symbol can still say which
+            log.info("not one symbol: %s", result.get("abstain_reason"))
+            state["last"] = None
+            return (
+                _result_html(None, NOT_ONE_SYMBOL),
+                None,
+                gr.update(value=None),
+                gr.update(value=None, visible=True),
+                gr.update(visible=True),
+                state,
+            )
         result.setdefault("mode", mode)  # an older API, asked nothing, answers without it
         state["last"] = result
         upper = result.get("is_uppercase")

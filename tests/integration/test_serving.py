@@ -246,7 +246,8 @@ def test_not_one_symbol_gets_422_and_is_marked_in_a_batch(server, client, glyph_
 
     rng = np.random.default_rng(26)
     noise = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (900, 900, 3), dtype=np.uint8)).save(noise, format="JPEG", quality=90)
+    # under the test server's 300 kB upload cap (API_MAX_UPLOAD)
+    Image.fromarray(rng.integers(0, 256, (320, 320), dtype=np.uint8)).save(noise, format="JPEG", quality=90)
     a, b = (Image.open(f).convert("L") for f in glyph_files[:2])
     pair = Image.new("L", (a.width + b.width + 40, max(a.height, b.height)), 255)
     pair.paste(a, (0, 0))

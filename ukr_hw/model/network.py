@@ -46,6 +46,16 @@ class NetConfig:
     #: style and size (cosine similarity − ``knn_ink_scale`` × L1 distance of the ink boxes) (0: none)
     knn_case_weight: float = 0.0
     knn_ink_scale: float = 2.0
+    #: the model abstains ("not one symbol") when its largest symbol probability is below this (0: never). Fitted
+    #: after fine-tuning on the members' held-out real glyphs (``ukr_hw.model.abstain.fit_threshold``); models logged
+    #: before it existed load with 0. Only read by ``ukr_hw.inference``: the network's outputs do not depend on it.
+    #: The fallback for callers that do not pass the energy (see ``abstain_energy``).
+    abstain_threshold: float = 0.0
+    #: the model abstains when the energy of its symbol logits (``energy`` of :meth:`UkrHwNet.forward_scored`,
+    #: the members' mean) is above this: the score that refuses more non-symbols at the same share of real glyphs
+    #: (``benchmarks/abstention.py``). Fitted with ``abstain_threshold``; None (models logged before it): no
+    #: energy check, the probability threshold applies. Only read by ``ukr_hw.inference``.
+    abstain_energy: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.case_threshold < 1.0:
@@ -56,6 +66,10 @@ class NetConfig:
             )
         if self.knn_ink_scale < 0:
             raise ValueError(f"knn_ink_scale must be >= 0, got {self.knn_ink_scale}")
+        if not 0.0 <= self.abstain_threshold < 1.0:
+            raise ValueError(f"abstain_threshold must lie in [0, 1), got {self.abstain_threshold}")
+        if self.abstain_energy is not None and not math.isfinite(self.abstain_energy):
+            raise ValueError(f"abstain_energy must be a finite number or null (none), got {self.abstain_energy}")
         if int(self.knn_k) < 1 or not self.knn_temperature > 0:
             raise ValueError(f"need knn_k >= 1 and knn_temperature > 0, got {self.knn_k}, {self.knn_temperature}")
 
@@ -125,17 +139,25 @@ class UkrHwNet(nn.Module):
         return self.to(memory_format=memory_format)
 
     def forward(self, x: torch.Tensor, ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        symbol, case, _ = self.forward_scored(x, ink)
+        return symbol, case
+
+    def forward_scored(self, x: torch.Tensor, ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s outputs and, from the same pass, the ``(B,)`` energy of the symbol head's raw logits,
+        ``-logsumexp`` before the memory's vote: low for what the network was trained on, high for what it has never
+        seen (the abstention's score; the softmax hides how small all the logits are)."""
         z = self.body(x.contiguous(memory_format=self.memory_format))
         zc = torch.cat([z, ink], dim=1) if self.config.use_ink_features else z
         case = self.case_head(zc).squeeze(1)
         symbol = self.symbol_head(zc if self.config.ink_to_symbol else z)
+        energy = -torch.logsumexp(symbol.float(), dim=1)
         if not self.training and len(self.knn_labels):
             sim = nn.functional.normalize(z, dim=1) @ self.knn_keys.T  # cosine similarity to every remembered glyph
             if self.config.knn_weight > 0:
                 symbol = self._recall(symbol, sim)
             if self.config.knn_case_weight > 0 and len(self.knn_case) == len(self.knn_labels):
                 case = self._recall_case(case, sim, ink, symbol.argmax(1))
-        return symbol, case - case_shift(self)  # the threshold applies to the (voted) P(upper)
+        return symbol, case - case_shift(self), energy  # the threshold applies to the (voted) P(upper)
 
     def _recall(self, logits: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
         """log((1 - w) · softmax(logits) + w · the nearest training glyphs' weighted class vote)."""
@@ -225,12 +247,18 @@ class EnsembleNet(nn.Module):
         return self.members[0].config
 
     def forward(self, x: torch.Tensor, ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outs = [m(x, ink) for m in self.members]
-        log_probs = torch.stack([torch.log_softmax(s, dim=1) for s, _ in outs]).logsumexp(0) - math.log(len(outs))
+        symbol, case, _ = self.forward_scored(x, ink)
+        return symbol, case
+
+    def forward_scored(self, x: torch.Tensor, ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s outputs and the members' mean energy (:meth:`UkrHwNet.forward_scored`), in one pass."""
+        outs = [m.forward_scored(x, ink) for m in self.members]
+        log_probs = torch.stack([torch.log_softmax(s, dim=1) for s, _, _ in outs]).logsumexp(0) - math.log(len(outs))
         # the members' raw P(upper) averaged, then the threshold applied once
-        raw = [torch.sigmoid(c + case_shift(m)) for m, (_, c) in zip(self.members, outs, strict=True)]
+        raw = [torch.sigmoid(c + case_shift(m)) for m, (_, c, _) in zip(self.members, outs, strict=True)]
         upper = torch.stack(raw).mean(0)
-        return log_probs, torch.logit(upper, eps=1e-6) - case_shift(self)
+        energy = torch.stack([e for _, _, e in outs]).mean(0)
+        return log_probs, torch.logit(upper, eps=1e-6) - case_shift(self), energy
 
 
 Network = UkrHwNet | EnsembleNet
@@ -271,6 +299,15 @@ def predict_arrays(
     """``x`` (N,28,28) float in [0,1] (uint8 0-255 accepted), ``ink`` (N,2) → ``(probs (N,43), P(upper) (N,))``, in
     batches of ``batch_size`` with ``net`` as it is (callers put it in eval mode). Shared by
     :class:`ukr_hw.inference.Predictor` and the portable MLflow model, which ships this module."""
+    probs, case, _ = predict_outputs(net, x, ink, batch_size)
+    return probs, case
+
+
+def predict_outputs(
+    net: nn.Module, x: np.ndarray, ink: np.ndarray, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`predict_arrays`'s ``(probs, P(upper))`` and the energy (N,) of the same pass (``forward_scored``; NaN
+    for a network without it)."""
     x = np.asarray(x)
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
@@ -280,11 +317,17 @@ def predict_arrays(
         raise ValueError(f"{len(x)} images but {len(ink)} ink rows; pass one [height, width] pair per image")
     probs = np.empty((len(x), NUM_CLASSES), dtype=np.float32)
     case = np.empty((len(x),), dtype=np.float32)
+    energy = np.full((len(x),), np.nan, dtype=np.float32)
+    scored = getattr(net, "forward_scored", None)
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             xb = torch.from_numpy(x[start : start + batch_size]).unsqueeze(1)
             ib = torch.from_numpy(ink[start : start + batch_size])
-            logits, case_logit = net(xb, ib)
+            if scored is not None:
+                logits, case_logit, e = scored(xb, ib)
+                energy[start : start + len(xb)] = e.float().numpy()
+            else:
+                logits, case_logit = net(xb, ib)
             probs[start : start + len(xb)] = torch.softmax(logits.float(), dim=1).numpy()
             case[start : start + len(xb)] = torch.sigmoid(case_logit.float()).numpy()
-    return probs, case
+    return probs, case, energy

@@ -12,7 +12,10 @@ environment that has only the model's ``requirements.txt``, and it never shadows
 ``{"symbol_probs": (N,43) float32, "case_prob": (N,) float32}``: the inputs are glyphs already through
 ``ukr_hw.preprocess`` (28×28, ink = 1, and the ink box's relative height and width) of the version the model was
 trained on (``predictor.preprocess_version``). After ``load_context`` the attribute ``predictor`` has the
-``predict_arrays(x, ink)`` of :class:`ukr_hw.inference.Predictor` (same batching, same outputs).
+``predict_arrays(x, ink)`` of :class:`ukr_hw.inference.Predictor` (same batching, same outputs) and its
+``abstain_threshold``: a caller refuses a glyph as "not one symbol" when its largest symbol probability is below it
+(0, models logged without one: never; ``ukr_hw.model.abstain``); ``predict_outputs`` adds each glyph's energy, to
+compare with ``abstain_energy`` instead where the model has one.
 """
 
 from __future__ import annotations
@@ -75,10 +78,23 @@ class ArrayPredictor:
         self.model_version = None if model_version is None else str(model_version)
         self.batch_size = batch_size
         self.preprocess_version = preprocess_version
+        #: the model's stored confidence threshold for "not one symbol" (0: none stored, never abstain)
+        self.abstain_threshold = float(getattr(net.config, "abstain_threshold", 0.0) or 0.0)
+        #: the model's stored energy threshold (None: none stored; the probability threshold applies)
+        energy = getattr(net.config, "abstain_energy", None)
+        self.abstain_energy = None if energy is None else float(energy)
 
     def predict_arrays(self, x: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``x`` (N,28,28) float in [0,1] (uint8 0-255 accepted), ``ink`` (N,2) → ``(probs (N,43), P(upper) (N,))``."""
         return self.network.predict_arrays(self.net, x, ink, self.batch_size)
+
+    def predict_outputs(self, x: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`predict_arrays` and the energy of each glyph (NaN when the model's own network module predates
+        it), as :meth:`ukr_hw.inference.Predictor.predict_outputs`."""
+        if hasattr(self.network, "predict_outputs"):
+            return self.network.predict_outputs(self.net, x, ink, self.batch_size)
+        probs, case = self.predict_arrays(x, ink)
+        return probs, case, np.full(len(probs), np.nan, np.float32)
 
 
 class UkrHwPyfunc(PythonModel):

@@ -27,7 +27,7 @@ from ukr_hw.inference import (
 from ukr_hw.labels import DIGITS, LETTERS, SYMBOLS, index_of, is_digit
 from ukr_hw.preprocess import preprocess
 
-KEYS = ["label", "is_uppercase", "case_probability", "top", "model_version", "mode"]
+KEYS = ["label", "is_uppercase", "case_probability", "top", "model_version", "mode", "abstained", "abstain_reason"]
 
 
 def _rukopys_files(mirror: Path, n: int) -> list[tuple[Path, str, bool]]:
