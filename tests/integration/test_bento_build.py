@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import yaml
 from PIL import Image
 
 from tests.fixtures.data import temp_env
-from tests.fixtures.servers import running_api
+from tests.fixtures.servers import running_api, running_server
 from ukr_hw import stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,25 +102,10 @@ def test_bento_packs_the_champion_the_code_and_runtime_requirements(built, champ
     assert "--mount=type=secret" not in dockerfile  # builds with a plain `bentoml containerize`, no secrets to pass
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"`bentoml serve` exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"the Bento was not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
 def test_bento_serves_from_the_store_outside_the_source_tree(built, champion_model, mirror, tmp_path):
     """`bentoml serve <tag>` in an empty folder, no PYTHONPATH: the Bento's own code and model answer."""
     from ukr_hw.inference import Predictor
 
-    port = stack.free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "UKR_HW_BENTO_MODEL")}
     env.update(
         BENTOML_HOME=str(built.home),
@@ -130,18 +114,9 @@ def test_bento_serves_from_the_store_outside_the_source_tree(built, champion_mod
         UKR_HW_ADMIN_TOKEN_FILE=str(tmp_path / "admin-token"),
     )
     log = tmp_path / "bento.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", built.tag, "--port", str(port), "--host", "127.0.0.1"],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, proc, log)
+    cmd = [sys.executable, "-m", "bentoml", "serve", built.tag]
+    with running_server(cmd, "bentoml serve", tmp_path, env, log) as srv:
+        url = srv.url
         glyph = sorted((mirror / "rukopys" / "glyphs").glob("*.png"))[0]
         resp = httpx.post(f"{url}/classify", files={"image": (glyph.name, glyph.read_bytes())}, timeout=60)
         assert resp.status_code == 200, resp.text
@@ -154,8 +129,6 @@ def test_bento_serves_from_the_store_outside_the_source_tree(built, champion_mod
         )
         ready = httpx.get(f"{url}/readyz", timeout=10).json()
         assert ready["source"] == "bento" and ready["model_version"] == champion_model.version
-    finally:
-        stack.kill_group(proc.pid, timeout=20, wait=proc.wait)
     # the model service ran the Bento's copy of the code, not this checkout's (the venv has it installed editable)
     text = log.read_text()
     m = re.search(rf"serving {re.escape(built.model)} \(model version \S+; code in (\S+)\)", text)
