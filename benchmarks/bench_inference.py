@@ -29,12 +29,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("TORCH_NUM_THREADS", "2")))
-    from ukr_hw import tracking
+    from ukr_hw import registry
     from ukr_hw.inference import Predictor, predict_paths
+    from ukr_hw.settings import get_settings
 
     with tempfile.TemporaryDirectory(prefix="ukr-hw-bench-") as tmp:
         tmp_path = Path(tmp)
-        if args.temp or tracking.champion_version() is None:
+        if args.temp or registry.champion_version() is None:
             from ukr_hw.model.network import build_network
 
             os.environ["UKR_HW_MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -48,14 +49,12 @@ def main() -> None:
                 def figures(self) -> dict:
                     return {}
 
-            with tracking.start_run("bench"):
-                tracking.log_model_and_register(build_network().eval(), report=_Report(), data_version=None)
-            tracking.set_champion("1")
+            with registry.start_run("bench"):
+                registry.log_model_and_register(build_network().eval(), report=_Report(), data_version=None)
+            registry.set_champion("1")
             print("registry: temporary, untrained default-size network")
         else:
-            print(
-                f"registry: {tracking.get_settings().resolved_tracking_uri()} champion v{tracking.champion_version()}"
-            )
+            print(f"registry: {get_settings().resolved_tracking_uri()} champion v{registry.champion_version()}")
 
         loads = []
         for _ in range(3):

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -26,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ukr_hw import tracking
-from ukr_hw.data import split
-from ukr_hw.data.arrays import Samples, load_samples, save_samples
+from ukr_hw import registry
+from ukr_hw.data.arrays import Samples
 from ukr_hw.model.case_threshold import raw_case
 from ukr_hw.model.evaluate import predict_samples
-from ukr_hw.model.heldout import build_sets, score
+from ukr_hw.model.heldout import build_sets, data_with_feedback, score
 from ukr_hw.model.network import Network, member_nets
 from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_from_champion
 from ukr_hw.settings import Settings, get_settings
@@ -47,18 +45,6 @@ def feedback_samples(settings: Settings, seed: int, per_symbol: int, kinds: tupl
     drawn = Samples.concat([sets[n] for n in kinds])
     ids = [f"{FEEDBACK_SOURCE}/sim-{seed}-{i}" for i in range(len(drawn))]
     return replace(drawn, source=np.asarray([FEEDBACK_SOURCE] * len(drawn)), id=np.asarray(ids))
-
-
-def data_with_feedback(settings: Settings, feedback: Samples, root: Path) -> Settings:
-    """A copy of the prepared data (links, except the training split) with ``feedback`` joining the training split."""
-    processed = root / "processed"
-    processed.mkdir(parents=True)
-    for f in settings.processed_dir.iterdir():
-        if f.is_file() and f.name != split.TRAIN_FILE:
-            os.symlink(f, processed / f.name)
-    train = load_samples(settings.processed_dir / split.TRAIN_FILE)
-    save_samples(Samples.concat([train, feedback]), processed / split.TRAIN_FILE)
-    return settings.model_copy(update={"data_dir": root})
 
 
 def raw_predictions(net: Network, sets: dict[str, Samples]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -79,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     settings = get_settings()
-    champion = tracking.load_champion_net(settings)
+    champion = registry.load_champion_net(settings)
     configured = member_nets(champion)[0].config.case_threshold
     t = time.perf_counter()
     feedback = feedback_samples(settings, args.feedback_seed, args.feedback_per_symbol, tuple(args.feedback_sets))

@@ -113,11 +113,11 @@ SYNTHETIC = tuple(n for n in SETS if n != "finetune-test")  #: the generated set
 
 def _log(reports: dict[str, EvalReport], version: str | None, settings) -> None:
     """Each real set's metrics, confusion matrices, per-class table and misread grid, in one MLflow run."""
-    from ukr_hw import tracking
+    from ukr_hw import registry
 
-    with tracking.start_run("generalization", tags={"benchmark": "generalization", "model_version": str(version)}):
+    with registry.start_run("generalization", tags={"benchmark": "generalization", "model_version": str(version)}):
         for name, r in reports.items():
-            tracking.log_eval(r, name.replace("-", "_"))
+            registry.log_eval(r, name.replace("-", "_"))
     print(f"logged to MLflow ({settings.resolved_tracking_uri()}): run 'generalization'", file=sys.stderr)
 
 

@@ -43,7 +43,6 @@ def main() -> None:
         subprocess.run(["git", "init", "-q", str(root)], check=True)
         env = {
             **os.environ,
-            "PYTHONPATH": str(REPO),
             "UKR_HW_ROOT": str(root),
             "UKR_HW_DATA_MIRROR": str(args.mirror.resolve()),
             "UKR_HW_DVC_REMOTE_URL": str(Path(tmp) / "remote"),

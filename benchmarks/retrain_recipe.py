@@ -11,7 +11,7 @@
      ``ukr-hw retrain`` runs.
    - *training recipe*: the champion's weights with ``finetune`` as the first training had it (``retrain: {}``).
 3. Every model is scored on ``--probes`` drawings of the form by other writers, on the frozen split (the promotion
-   gate: a paired test per population, ``tracking.decide_promotion``) and on the held-out sets of
+   gate: a paired test per population, ``registry.decide_promotion``) and on the held-out sets of
    ``benchmarks/recipe.py``.
 
 Prints one row per model and, per recipe, the mean and how many models the gate would promote.
@@ -25,13 +25,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from case_refit import data_with_feedback
 
-from ukr_hw import tracking
+from ukr_hw import registry
 from ukr_hw.data.arrays import Samples
 from ukr_hw.data.strokes import UNSEEN_FORMS, render_stroke_glyphs
 from ukr_hw.model.evaluate import Outcomes, predict_samples
-from ukr_hw.model.heldout import cached_sets, score
+from ukr_hw.model.heldout import cached_sets, data_with_feedback, score
 from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_from_champion
 from ukr_hw.settings import Settings, get_settings
 
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         recipes[name] = dict(kv.split("=", 1) for kv in sets_.split(",") if kv)
 
     settings = get_settings()
-    champion = tracking.load_champion_net(settings)
+    champion = registry.load_champion_net(settings)
     feedback = form_drawings(settings, args.form, args.samples, 3000, FEEDBACK_SOURCE)
     probes = form_drawings(settings, args.form, args.probes, 5000, "probe")
     sets = {"new form": probes, **cached_sets(settings, args.sets_cache)}
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return "  ".join(f"{n} {r[n]['symbol_accuracy']:.3f}/{r[n]['case_accuracy']:.3f}" for n in names)
 
     base = scores(champion)
-    print(f"champion v{tracking.champion_version(settings)}: {line(base)}\n", flush=True)
+    print(f"champion v{registry.champion_version(settings)}: {line(base)}\n", flush=True)
 
     rows: dict[str, list[dict]] = {r: [] for r in recipes}
     with tempfile.TemporaryDirectory(prefix="retrain-recipe-") as tmp:
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                     overrides={**overrides, "seed": str(seed), "trainer.progress": "false"}, settings=data
                 )
                 r = scores(trained["net"])
-                gate = tracking.decide_promotion(
+                gate = registry.decide_promotion(
                     r["finetune-test"]["outcomes"], base["finetune-test"]["outcomes"], settings.promotion_alpha
                 )
                 promote, why = gate.promote, gate.reason

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
-from ukr_hw import stack
+from ukr_hw.ops import StackError
+from ukr_hw.ops.ports import free_port
+from ukr_hw.ops.processes import ManagedProcess
+from ukr_hw.ops.wait import http_ok
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,25 +38,16 @@ def _images(n: int) -> list[bytes]:
     return [f.read_bytes() for f in files[:: max(1, len(files) // n)][:n]]
 
 
-def _start(cmd: list[str], url: str, log: Path, timeout: float = 300) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{' '.join(cmd)} exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    _stop(proc)
-    sys.exit(f"{url} not ready after {timeout:.0f} s; see {log}")
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
-        stack.kill_group(proc.pid, timeout=20, wait=proc.wait)
+def _start(name: str, cmd: list[str], url: str, log: Path, timeout: float = 300) -> ManagedProcess:
+    """Start a server in its own process group, logging to ``log``; exit the benchmark if it is not ready in time."""
+    proc = ManagedProcess(name, cmd, log, cwd=REPO)
+    proc.start()
+    try:
+        proc.wait_ready(lambda: http_ok(f"{url}/readyz"), timeout=timeout, what=url)
+    except StackError as exc:  # it exited, or was not ready in time (then it is stopped)
+        proc.stop(timeout=20)
+        sys.exit(str(exc))
+    return proc
 
 
 def _request(url: str, image: bytes) -> bytes:
@@ -193,18 +185,18 @@ def main() -> None:
 
     images = _images(args.images)
     print(f"{len(images)} Rukopys PNGs, {np.mean([len(d) for d in images]):.0f} bytes on average", flush=True)
-    procs: list[subprocess.Popen] = []
+    procs: list[ManagedProcess] = []
     try:
         url = args.url
         if not url:
-            port = stack.free_port()
+            port = free_port()
             url = f"http://127.0.0.1:{port}"
             print(f"starting ukr-hw serve on {url} …", flush=True)
             cmd = [sys.executable, "-m", "ukr_hw.cli", "serve", "--port", str(port), "--host", "127.0.0.1"]
-            procs.append(_start(cmd, url, args.log_dir / "bench-bento.log"))
+            procs.append(_start("ukr-hw serve", cmd, url, args.log_dir / "bench-bento.log"))
         naive = args.naive_url
         if not naive:
-            port = stack.free_port()
+            port = free_port()
             naive = f"http://127.0.0.1:{port}"
             print(f"starting the naive server on {naive} …", flush=True)
             cmd = [
@@ -217,7 +209,7 @@ def main() -> None:
                 "--log-level",
                 "warning",
             ]
-            procs.append(_start(cmd, naive, args.log_dir / "bench-naive.log"))
+            procs.append(_start("the naive server", cmd, naive, args.log_dir / "bench-naive.log"))
 
         rows: dict[tuple[str, int], dict[str, float]] = {}
         for c in args.concurrency:
@@ -230,11 +222,11 @@ def main() -> None:
                     flush=True,
                 )
         for p in procs:  # free the CPU for the in-process measurement
-            _stop(p)
+            p.stop(timeout=20)
         limit = in_process_limit(images)
     finally:
         for p in procs:
-            _stop(p)
+            p.stop(timeout=20)
 
     print("\n| server | clients | p50 ms | p99 ms | req/s | errors |\n| --- | --- | --- | --- | --- | --- |")
     for (name, c), r in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):

@@ -4,7 +4,7 @@ concurrency limit, the failure alert, a first champion.
     python deploy/bootstrap.py                   # what docker-compose.yml's one-shot `bootstrap` service runs
     .venv/bin/python deploy/bootstrap.py --train local   # natively, against any servers (see docs/deploy.md)
 
-The steps live in the package, ``ukr_hw/bootstrap.py`` (``ukr-hw stack up`` runs the same ones); this script is
+The steps live in the package, ``ukr_hw/ops/bootstrap/`` (``ukr-hw stack up`` runs the same ones); this script is
 their command line for compose. Each step is idempotent (safe on every `docker compose up`):
 
 1. refuse to go on while any variable of its environment still holds a ``change-me`` placeholder from
@@ -27,11 +27,7 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from ukr_hw.bootstrap import (  # noqa: E402  (the checkout first on sys.path: /app in the image)
+from ukr_hw.ops.bootstrap import (
     DEFAULT_RETRAIN_POOL,
     FIRST_CHAMPION_DEPLOYMENT,
     MLFLOW_USERS,
@@ -52,6 +48,8 @@ from ukr_hw.bootstrap import (  # noqa: E402  (the checkout first on sys.path: /
     retrain_deployments,
     run,
 )
+
+REPO = Path(__file__).resolve().parents[1]  #: the checkout (/app in the image) whose prefect.yaml is deployed
 
 __all__ = [
     "DEFAULT_RETRAIN_POOL",

@@ -13,10 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from ukr_hw.settings import Settings
 
-from ukr_hw.settings import Settings  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 COMPOSE = """\
 # ukr-hw environment: copy to .env and replace every "change-me" value before `docker compose up`.

@@ -1,6 +1,6 @@
 """The whole way from raw data to a promoted champion: prepare → train (pretrain cached → fine-tune → register).
 
-It holds the data lock (:func:`ukr_hw.bootstrap.data_lock`) across both subflows, so no retrain slips in between
+It holds the data lock (:func:`ukr_hw.ops.locks.data_lock`) across both subflows, so no retrain slips in between
 the data it prepares and the model it trains on them (the lock is re-entrant: the subflows take it again)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from prefect import flow
 
 from flows.prepare import prepare
 from flows.train import train
-from ukr_hw.bootstrap import data_lock
+from ukr_hw.ops.locks import data_lock
 from ukr_hw.settings import get_settings
 
 

@@ -6,9 +6,9 @@ rendering run concurrently. Warm runs are fast twice over: the expensive steps s
 exist and their input digest is unchanged (stamps, robust to deleted caches), and the Rukopys table check is
 cached by Prefect on the table's content (``cache_key_fn`` + persisted result).
 
-Operations: the flow holds the data lock (:func:`ukr_hw.bootstrap.data_lock`) while it writes ``data/processed``,
+Operations: the flow holds the data lock (:func:`ukr_hw.ops.locks.data_lock`) while it writes ``data/processed``,
 so a train, retrain or tune waits for it; the network-bound tasks (the three ingests, the DVC push) retry a
-transient failure with back-off (:func:`ukr_hw.bootstrap.retry_if_transient`: a missing mirror or a wrong checksum
+transient failure with back-off (:func:`ukr_hw.ops.retries.retry_if_transient`: a missing mirror or a wrong checksum
 fails at once) and have a timeout.
 """
 
@@ -23,8 +23,9 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from ukr_hw.bootstrap import data_lock, retry_if_transient
 from ukr_hw.data import rukopys, steps, versioning
+from ukr_hw.ops.locks import data_lock
+from ukr_hw.ops.retries import retry_if_transient
 from ukr_hw.settings import Settings, get_settings
 
 #: downloads (or mirror copies) of the raw sources: a dropped connection or a slow server is tried again

@@ -6,10 +6,10 @@ Thin: every task is one call into :mod:`ukr_hw.retraining`; the data is built by
 (a subflow), so what a retrain trained on is what ``ukr-hw prepare`` rebuilds from data/raw. With no new valid
 samples it ends early and says so. Deployed by ``prefect.yaml`` as ``retrain/weekly`` (Monday 03:00 Europe/Kyiv).
 
-Operations: the flow holds the data lock (:func:`ukr_hw.bootstrap.data_lock`) while it adds to ``data/raw/feedback``,
+Operations: the flow holds the data lock (:func:`ukr_hw.ops.locks.data_lock`) while it adds to ``data/raw/feedback``,
 rebuilds and versions ``data/processed`` and fine-tunes on it; the network-bound tasks retry with back-off and have
 timeouts: reading the feedback bucket, the DVC push, registering (transient errors only:
-:func:`ukr_hw.bootstrap.retry_if_transient`) and the API reload (which ends with a warning, never a failure: the
+:func:`ukr_hw.ops.retries.retry_if_transient`) and the API reload (which ends with a warning, never a failure: the
 API's registry poll finds the champion too).
 A failed run is told by the bootstrap's automation (docs/deploy.md).
 """
@@ -24,8 +24,9 @@ from prefect.cache_policies import NO_CACHE
 from flows.prepare import dvc_version as version  # noqa: F401  the task that versions the data (via prepare)
 from flows.prepare import prepare
 from ukr_hw import retraining
-from ukr_hw.bootstrap import data_lock, last_try, retry_if_transient
 from ukr_hw.feedback import FeedbackStore
+from ukr_hw.ops.locks import data_lock
+from ukr_hw.ops.retries import last_try, retry_if_transient
 from ukr_hw.settings import Settings, get_settings
 
 

@@ -1,11 +1,11 @@
 """The tune flow: an Optuna study over the fine-tune config, each trial a nested MLflow run under the study's run.
 
-Thin: the search space, the pruning callback and the best-params file live in :mod:`ukr_hw.tuning`; training is
-:func:`ukr_hw.training.finetune` from the (cached) MNIST-pretrained body. Trials are scored on the validation
-slice carved from the training data, never on the frozen test split: with ``repeats: N`` in the tune config, the
-mean over N fine-tunes with seeds ``seed`` … ``seed + N - 1``, each with its own slice. The study holds the data
-lock (:func:`ukr_hw.bootstrap.data_lock`): every trial reads the same ``data/processed``, and a prepare or retrain
-waits for the study to end instead of changing the data under it.
+Thin: the search space, the pruning callback and the best-params file live in :mod:`ukr_hw.training.tune`;
+training is :func:`ukr_hw.training.finetune` from the (cached) MNIST-pretrained body. Trials are scored on the
+validation slice carved from the training data, never on the frozen test split: with ``repeats: N`` in the tune
+config, the mean over N fine-tunes with seeds ``seed`` … ``seed + N - 1``, each with its own slice. The study holds
+the data lock (:func:`ukr_hw.ops.locks.data_lock`): every trial reads the same ``data/processed``, and a prepare or
+retrain waits for the study to end instead of changing the data under it.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ import optuna
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from ukr_hw import tracking, training, tuning
-from ukr_hw.bootstrap import data_lock
+from ukr_hw import registry, training
 from ukr_hw.data import versioning
+from ukr_hw.ops.locks import data_lock
 from ukr_hw.settings import Settings, get_settings
+from ukr_hw.training import PretrainResult, TrainConfig
+from ukr_hw.training import tune as tuning
 
 
 @task(name="pretrain", cache_policy=NO_CACHE)
-def pretrain_task(config: dict, settings: Settings) -> tuple[Any, dict]:
+def pretrain_task(config: TrainConfig, settings: Settings) -> tuple[Any, PretrainResult]:
     return training.pretrain(config, settings)
 
 
@@ -46,14 +48,14 @@ def tune(
     settings = get_settings()
     tune_cfg = tuning.load_tune_config(config_path)
     base = tuning.trial_config(tune_cfg, {})
-    metric = tune_cfg.get("metric", "val/score")
+    metric = tune_cfg.metric
     seeds = tuning.trial_seeds(base, tune_cfg)  # checked before the pretraining, not at the first trial
     study = tuning.create_study(study_name, settings.resolved_optuna_storage(), tune_cfg)
     if not study.trials:  # a fresh study first scores the configured recipe: the figure the best trial must beat
-        study.enqueue_trial(tuning.configured_params(base, tune_cfg["space"]), user_attrs={"configured": True})
+        study.enqueue_trial(tuning.configured_params(base, tune_cfg.space), user_attrs={"configured": True})
     with (
         data_lock(settings, "tune"),  # entered first: the data version below is read under it
-        tracking.start_run(
+        registry.start_run(
             f"tune-{study_name}",
             data_version=versioning.data_version(settings),
             tags={"flow": "tune"},
@@ -63,20 +65,20 @@ def tune(
         init, _ = pretrain_task(base, settings)
 
         def objective(trial: optuna.Trial) -> float:
-            params = tuning.suggest(trial, tune_cfg["space"])
-            config = tuning.load_config_from(base, params)
-            config["finetune"]["members"] = 1  # a trial is one network at a time: pruning follows one training curve
+            params = tuning.suggest(trial, tune_cfg.space)
+            # a trial is one network at a time: pruning follows one training curve
+            config = tuning.load_config_from(base, {**params, "finetune.members": 1})
             tags = {"optuna_study": study_name, "optuna_trial": trial.number}
-            with tracking.start_run(f"trial-{trial.number}", nested=True, tags=tags, settings=settings):
+            with registry.start_run(f"trial-{trial.number}", nested=True, tags=tags, settings=settings):
                 mlflow.log_params(params)
                 scores: list[float] = []
-                make_logger = tracking.logger_factory(settings)
+                make_logger = registry.logger_factory(settings)
                 prunable = not trial.user_attrs.get("configured")
                 for seed in seeds:  # each seed trains on its own validation slice
                     prefix = f"seed{seed}" if len(seeds) > 1 else ""  # several runs' curves apart: seed43-val/score
                     try:
                         _, report = training.finetune(
-                            {**config, "seed": seed},
+                            config.model_copy(update={"seed": seed}),
                             settings,
                             init=init,
                             # the first run's curve is what pruning compares across trials; the configured
@@ -107,7 +109,7 @@ def tune(
         if summary["complete"]:
             summary["best_value"] = study.best_value
             summary["best_params"] = study.best_params
-            summary["best_params_path"] = best_params_task(study, tune_cfg["best_params_path"])
+            summary["best_params_path"] = best_params_task(study, tune_cfg.best_params_path)
             mlflow.log_metric("best_val_score", study.best_value)
     print(f"study {study_name}: {summary}")
     return summary

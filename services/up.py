@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,16 +43,16 @@ def _say(msg: str) -> None:
 
 def ensure_champion(settings: Settings) -> str:
     """The champion's version, training one first (the full pipeline) when the registry has none."""
-    from ukr_hw import tracking
+    from ukr_hw import registry
 
-    version = tracking.champion_version(settings)
+    version = registry.champion_version(settings)
     if version is not None:
         return version
     _say(f"no champion model in {settings.resolved_tracking_uri()}: training one first (prepare → train) …")
     from flows.pipeline import pipeline
 
     pipeline(config_path=REPO / "configs" / "train.yaml")
-    version = tracking.champion_version(get_settings())
+    version = registry.champion_version(get_settings())
     if version is None:
         raise RuntimeError("the training pipeline finished without a champion model; see its log above")
     return version
@@ -100,6 +99,15 @@ def _wait_ready(procs: dict[str, ManagedProcess], client: ApiClient, ui_url: str
         raise NotReady(f"{waiting} not ready after {READY_TIMEOUT_S:.0f} s; giving up") from None
 
 
+def _wait_exit(procs: dict[str, ManagedProcess]) -> str:
+    """Until one of ``procs`` exits (no time limit; Ctrl-C and SIGTERM end the wait): its name."""
+
+    def exited() -> str | None:
+        return next((name for name, proc in procs.items() if not proc.alive()), None)
+
+    return wait_until(exited, timeout=None, what="a child's exit", interval=0.5, fatal=(Exception,))
+
+
 def up(settings: Settings | None = None) -> int:
     """Train if needed, run API + UI until Ctrl-C; see the module docstring. Returns the exit code."""
     s = settings or get_settings()
@@ -139,12 +147,9 @@ def up(settings: Settings | None = None) -> int:
         _say(f"API ready: {api_url}   (model v{version}; docs at {api_url}/docs)")
         _say(f"UI ready:  {ui_url}   ← open this in a browser and draw")
         _say("press Ctrl-C to stop both")
-        while True:
-            for name, proc in procs.items():
-                if not proc.alive():
-                    _say(f"{name} exited unexpectedly with code {proc.returncode}; stopping the rest")
-                    return 1
-            time.sleep(0.5)
+        name = _wait_exit(procs)
+        _say(f"{name} exited unexpectedly with code {procs[name].returncode}; stopping the rest")
+        return 1
     except (_Stop, KeyboardInterrupt):
         _say("stop requested")
         return 0

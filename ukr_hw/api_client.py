@@ -13,10 +13,11 @@ Errors: :class:`ApiError` carries the HTTP status and the server's message (``{"
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
+
+from ukr_hw.ops.wait import NotReady, wait_until
 
 _DEFAULT_TIMEOUT = 30.0
 
@@ -133,11 +134,13 @@ class ApiClient:
 
     def wait_ready(self, timeout: float = 60.0, interval: float = 0.25) -> None:
         """Block until :meth:`ready`; raise :class:`ApiUnreachableError`/:class:`ApiError` after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready():
-                return
-            time.sleep(interval)
+        try:  # (an error other than "unreachable" is no "not ready yet": it ends the wait)
+            wait_until(
+                self.ready, timeout=timeout, what=f"API at {self.base_url}", interval=interval, fatal=(Exception,)
+            )
+            return
+        except NotReady:
+            pass
         try:
             status = self._http.get("/readyz", timeout=5.0).status_code
         except httpx.TransportError as exc:

@@ -104,18 +104,18 @@ def _retrain(args: argparse.Namespace) -> None:
 
 
 def _models(args: argparse.Namespace) -> None:
-    from ukr_hw import tracking
+    from ukr_hw import registry
 
-    for row in tracking.list_versions():
+    for row in registry.list_versions():
         _print_json(row)
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from ukr_hw import tracking
+    from ukr_hw import registry
     from ukr_hw.retraining import notify_api
 
     try:
-        result = tracking.promote_by_hand(args.version, args.reason)
+        result = registry.promote_by_hand(args.version, args.reason)
     except ValueError as exc:
         print(f"ukr-hw promote: {exc}", file=sys.stderr)
         return 2

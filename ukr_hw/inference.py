@@ -184,7 +184,7 @@ def resolve_model_uri(model_uri: str | None = None, settings: Settings | None = 
 def _find(root: Path, name: str) -> Path:
     hits = sorted(root.rglob(name))
     if not hits:
-        raise ModelNotFoundError(f"the model at {root} has no {name}; was it logged with ukr_hw.tracking?")
+        raise ModelNotFoundError(f"the model at {root} has no {name}; was it logged with ukr_hw.registry?")
     return hits[0]
 
 

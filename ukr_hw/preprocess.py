@@ -100,18 +100,36 @@ def decode(data: bytes, *, name: str = "image") -> Image.Image:
     return ImageOps.exif_transpose(img) or img
 
 
+def sketch_image(value: Mapping[str, Any] | None) -> Image.Image | None:
+    """THE reader of a Gradio Sketchpad/ImageEditor value ``{"background", "layers", "composite"}``: its strokes as
+    one RGBA image, black ink whose alpha is the highest alpha of any layer at that pixel.
+
+    Only the layers count (so the theme's canvas colour and a background of guide lines never count as ink); a
+    layer may be a PIL image, an array, bytes or a path, and layers of another size than the first are left out.
+    None when the value has no layers; a fully transparent image when its layers hold no ink. The model input
+    (:func:`ink_map`) and the feedback store's PNG (:func:`ukr_hw.feedback.sketch_to_png`) both read it here.
+    """
+    layers = [] if not value else [_to_pil(layer) for layer in (value.get("layers") or []) if layer is not None]
+    alphas = [a for a in (np.asarray(layer.convert("RGBA"))[..., 3] for layer in layers) if a.size]
+    if not alphas:
+        return None
+    alpha = np.max([a for a in alphas if a.shape == alphas[0].shape], axis=0).astype(np.uint8)
+    rgba = np.zeros((*alpha.shape, 4), dtype=np.uint8)
+    rgba[..., 3] = alpha
+    return Image.fromarray(rgba, mode="RGBA")
+
+
 def _from_sketchpad(value: Mapping[str, Any]) -> tuple[np.ndarray | None, Image.Image | None]:
-    """Ink from a Gradio Sketchpad/ImageEditor value: the strokes' alpha over all layers."""
-    layers = [_to_pil(layer) for layer in (value.get("layers") or []) if layer is not None]
-    alphas = [np.asarray(layer.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0 for layer in layers]
-    alphas = [a for a in alphas if a.size]
-    if alphas and any(a.max() > 0 for a in alphas):
-        shape = alphas[0].shape
-        return np.max([a for a in alphas if a.shape == shape], axis=0), None
+    """Ink from a Gradio Sketchpad/ImageEditor value (:func:`sketch_image`), else its composite or background."""
+    strokes = sketch_image(value)
+    if strokes is not None:
+        alpha = np.asarray(strokes.getchannel("A"), dtype=np.float32) / 255.0
+        if alpha.max() > 0:
+            return alpha, None
     for key in ("composite", "background"):
         if value.get(key) is not None:
             img = _to_pil(value[key])
-            if alphas:  # layers exist but hold nothing: the background alone is a blank canvas
+            if strokes is not None:  # layers exist but hold nothing: the background alone is a blank canvas
                 return None, img if key == "composite" and value.get("background") is None else None
             return None, img
     return None, None

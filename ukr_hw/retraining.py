@@ -36,12 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from ukr_hw import labels, lineage
+from ukr_hw import labels
 from ukr_hw.data import feedback_raw
 from ukr_hw.data.arrays import Samples, load_samples
 from ukr_hw.data.feedback_raw import SOURCE as FEEDBACK_SOURCE
 from ukr_hw.data.feedback_raw import USER_TEST_FILE, BadSample, role_of
 from ukr_hw.data.split import TEST_FILE, TRAIN_FILE
+from ukr_hw.registry import lineage
 from ukr_hw.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,7 @@ def finetune_from_champion(
     breaks few of the champion's answers; with ``finetune.average_with_init`` set (off by default: measured, not
     adopted) it also ends averaged with the champion's weights.
     """
-    from ukr_hw import tracking, training
+    from ukr_hw import registry, training
     from ukr_hw.model.evaluate import evaluate
 
     s = settings or get_settings()
@@ -279,8 +280,8 @@ def finetune_from_champion(
         path = None
     config = training.load_config(path, overrides)
     try:
-        champion = tracking.load_champion_net(s)
-        champion_version = tracking.champion_version(s)
+        champion = registry.load_champion_net(s)
+        champion_version = registry.champion_version(s)
     except Exception as exc:  # no registry / no champion yet: start from scratch, say so
         log.warning("no champion to start from (%s); fine-tuning from fresh weights", exc)
         champion, champion_version = None, None
@@ -288,7 +289,7 @@ def finetune_from_champion(
         config["net"] = {**config["net"], **dataclasses.asdict(champion.config)}
         # and a gentler schedule keeps the new model near the champion while it learns the new samples
         config["finetune"] = training.deep_merge(config["finetune"], config["retrain"])
-    make_logger, history = tracking.history_factory()  # per-epoch metrics, logged when register() starts the run
+    make_logger, history = registry.history_factory()  # per-epoch metrics, logged when register() starts the run
     net, report = training.finetune(config, s, init=champion, make_logger=make_logger)
     user = load_user_test(s)
     user_report = evaluate(net, user) if len(user) else None
@@ -321,7 +322,7 @@ def register(
     """Log the retrain run (metrics, user-drawings eval, lineage manifest), register + gate, record lineage."""
     import mlflow
 
-    from ukr_hw import tracking, training
+    from ukr_hw import registry, training
 
     s = settings or get_settings()
     report, user_report = trained["report"], trained["user_report"]
@@ -330,11 +331,11 @@ def register(
 
     # with the data version (processed), the raw one it was built from: users' snapshot, images and all
     tags = {"trigger": "feedback", "feedback_new_samples": len(new_ids), "raw_data_version": raw_version(s) or "none"}
-    with tracking.start_run("retrain", data_version=data_version, tags=tags, settings=s) as run:
-        tracking.log_history(trained.get("history") or [])
-        tracking.log_eval(report, "test")
+    with registry.start_run("retrain", data_version=data_version, tags=tags, settings=s) as run:
+        registry.log_history(trained.get("history") or [])
+        registry.log_eval(report, "test")
         if user_report is not None:
-            tracking.log_eval(user_report, "user")
+            registry.log_eval(user_report, "user")
         for name in ("champion_user_report", "champion_test_report"):
             if trained.get(name) is not None:
                 prefix = name.removesuffix("_report")
@@ -367,7 +368,7 @@ def register(
         params = training.flat_params(trained["config"])
         params["init_champion_version"] = trained.get("champion_version") or "none"
         champion_user = trained.get("champion_user_report")
-        reg = tracking.log_model_and_register(
+        reg = registry.log_model_and_register(
             trained["net"],
             report=report,
             data_version=data_version,

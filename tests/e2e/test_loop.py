@@ -97,10 +97,11 @@ def test_feedback_loop_end_to_end(native_stack) -> None:
     import mlflow
     from gradio_client import handle_file
 
-    from ukr_hw import lineage, retraining, tracking
+    from ukr_hw import registry, retraining
     from ukr_hw.api_client import ApiClient
     from ukr_hw.data.versioning import data_version
     from ukr_hw.feedback import FeedbackStore
+    from ukr_hw.registry import lineage
     from ukr_hw.settings import get_settings
 
     st: stack.Stack = native_stack["stack"]
@@ -110,10 +111,10 @@ def test_feedback_loop_end_to_end(native_stack) -> None:
 
     # 1. a small first champion, in the stack's registry (PostgreSQL + proxied S3 artifacts)
     trained = retraining.finetune_from_champion(settings=s)
-    first = tracking.log_model_and_register(
+    first = registry.log_model_and_register(
         trained["net"], report=trained["report"], data_version=data_version(s), params={"stage": "first"}
     )
-    assert first.promoted and tracking.champion_version() == first.version
+    assert first.promoted and registry.champion_version() == first.version
 
     # 2. the API serves it
     st.up(["api"])
@@ -160,7 +161,7 @@ def test_feedback_loop_end_to_end(native_stack) -> None:
     mv = client.get_model_version(s.model_name, new)
     assert mv.tags["data_version"] == data_version(s)
     promoted = mv.tags["promotion"].startswith("promoted")
-    assert (tracking.champion_version() == new) is promoted
+    assert (registry.champion_version() == new) is promoted
 
     # 6. the API answers with the new champion (the flow told it to reload)
     if promoted:

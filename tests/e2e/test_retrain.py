@@ -73,13 +73,13 @@ def project(prepared_data, s3_server: stack.S3Server, pg_admin_url: str, tmp_pat
             "UKR_HW_USER_TEST_FRACTION": "0.3",
         }
         with temp_env(**env):
-            from ukr_hw import retraining, tracking
+            from ukr_hw import registry, retraining
             from ukr_hw.data import versioning
             from ukr_hw.settings import get_settings
 
             s = get_settings()
             trained = retraining.finetune_from_champion(settings=s)  # no champion yet: fresh weights
-            first = tracking.log_model_and_register(
+            first = registry.log_model_and_register(
                 trained["net"], report=trained["report"], data_version=versioning.data_version(s), params={}
             )
             assert first.promoted
@@ -104,11 +104,12 @@ def test_retrain_learns_from_feedback_with_lineage(project) -> None:
     import mlflow
 
     from flows.retrain import retrain
-    from ukr_hw import lineage, tracking
+    from ukr_hw import registry
     from ukr_hw.data.arrays import load_samples
     from ukr_hw.data.versioning import data_version
     from ukr_hw.inference import load_net
     from ukr_hw.model.network import member_nets
+    from ukr_hw.registry import lineage
 
     s = project["settings"]
     processed = s.processed_dir
@@ -170,7 +171,7 @@ def test_retrain_learns_from_feedback_with_lineage(project) -> None:
     assert logged["test_case_threshold_fit_letters"] < 60
     assert [m.config.case_threshold for m in member_nets(retrained)] == [logged["test_case_threshold"]] * 2
     # promoted only under the gate
-    champion = tracking.champion_version()
+    champion = registry.champion_version()
     if result["promoted"]:
         assert champion == version and mv.tags["promotion"].startswith("promoted")
         assert result["api"]["reloaded"] is False and "warning" in result["api"]  # API down: a warning only
@@ -190,8 +191,9 @@ def test_rerun_after_crash_does_not_duplicate(project) -> None:
     """Samples taken in (snapshotted into data/raw/feedback) by a run that crashed before registering are taken once
     by the next run."""
     from flows.retrain import retrain
-    from ukr_hw import lineage, retraining
+    from ukr_hw import retraining
     from ukr_hw.data.arrays import load_samples
+    from ukr_hw.registry import lineage
 
     s = project["settings"]
     store = _store()
@@ -215,8 +217,9 @@ def test_a_late_upload_from_the_spool_and_a_rejection(project) -> None:
     taken in by the next retrain; a sample an operator rejected is not (it stays in the store)."""
     from datetime import UTC, datetime, timedelta
 
-    from ukr_hw import lineage, retraining
+    from ukr_hw import retraining
     from ukr_hw.feedback import new_sample_id, ref_for_id
+    from ukr_hw.registry import lineage
 
     s = project["settings"]
     store = _store()
@@ -243,7 +246,8 @@ def test_a_late_upload_from_the_spool_and_a_rejection(project) -> None:
 
 def _take_in(collected, s) -> None:
     """What a registered retrain records in lineage for the samples it took in (no training needed here)."""
-    from ukr_hw import lineage, retraining
+    from ukr_hw import retraining
+    from ukr_hw.registry import lineage
 
     lineage.record_samples(
         [
@@ -267,8 +271,9 @@ def test_one_source_gets_at_most_its_share_and_the_rest_waits(project) -> None:
     the high-water mark has moved on by then."""
     from datetime import UTC, datetime, timedelta
 
-    from ukr_hw import lineage, retraining
+    from ukr_hw import retraining
     from ukr_hw.feedback import new_sample_id, ref_for_id
+    from ukr_hw.registry import lineage
     from ukr_hw.settings import get_settings
 
     s = project["settings"]

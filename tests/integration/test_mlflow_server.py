@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.fixtures.models import NET, train_net
-from ukr_hw import tracking
+from ukr_hw import registry
 from ukr_hw.inference import Predictor
 
 
@@ -30,17 +30,17 @@ def test_register_promote_and_predict_through_mlflow_server(
     monkeypatch.setenv("UKR_HW_MLFLOW_TRACKING_URI", mlflow_server)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
         monkeypatch.delenv(key, raising=False)
-    assert tracking.champion_version() is None  # a fresh registry
+    assert registry.champion_version() is None  # a fresh registry
 
     net = copy.deepcopy(champion_model.net)
-    with tracking.start_run("server-finetune", data_version=champion_model.data_version) as run:
-        net = train_net(net, champion_model.processed, epochs=1, make_logger=tracking.logger_factory())
+    with registry.start_run("server-finetune", data_version=champion_model.data_version) as run:
+        net = train_net(net, champion_model.processed, epochs=1, make_logger=registry.logger_factory())
         report = evaluate(net, champion_model.test)
-        reg = tracking.log_model_and_register(
+        reg = registry.log_model_and_register(
             net, report=report, data_version=champion_model.data_version, params={"epochs": 1, **NET}
         )
     assert reg.promoted and reg.version == "1" and reg.run_id == run.info.run_id
-    assert tracking.champion_version() == "1"
+    assert registry.champion_version() == "1"
 
     client = MlflowClient(mlflow_server)
     r = client.get_run(reg.run_id)
@@ -65,11 +65,11 @@ def test_register_promote_and_predict_through_mlflow_server(
 
     # a worse model is registered, not promoted, and says why
     worse = build_network(NET).eval()
-    with tracking.start_run("server-worse"):
-        bad = tracking.log_model_and_register(
+    with registry.start_run("server-worse"):
+        bad = registry.log_model_and_register(
             worse, report=evaluate(worse, champion_model.test), data_version="dv-x", params={"untrained": 1}
         )
-    assert not bad.promoted and bad.version == "2" and tracking.champion_version() == "1"
+    assert not bad.promoted and bad.version == "2" and registry.champion_version() == "1"
     assert client.get_model_version("ukr-hw", "2").tags["promotion"].startswith("rejected: symbol_accuracy")
 
     # load by alias: the Predictor and the pyfunc flavour agree with the net that was logged

@@ -70,10 +70,10 @@ def _tiny_net():
 
 
 def _examples(n: int = 16) -> dict[str, np.ndarray]:
-    from ukr_hw import tracking
+    from ukr_hw import registry
 
     rng = np.random.default_rng(1)
-    base = tracking.input_example(2)
+    base = registry.input_example(2)
     image = np.concatenate([base["image"], (rng.random((n - 2, 28, 28)) > 0.85).astype(np.float32)])
     ink = np.concatenate([base["ink"], rng.uniform(0.05, 0.9, (n - 2, 2)).astype(np.float32)])
     return {"image": image, "ink": ink}
@@ -88,7 +88,7 @@ def _uv(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 def test_champion_loads_and_predicts_in_a_fresh_virtualenv(tmp_path) -> None:
     import mlflow
 
-    from ukr_hw import tracking
+    from ukr_hw import registry
     from ukr_hw.inference import Predictor
 
     # a registry of our own: SQLite + an artifact folder, the model registered and made champion
@@ -98,7 +98,7 @@ def test_champion_loads_and_predicts_in_a_fresh_virtualenv(tmp_path) -> None:
     mlflow.set_experiment(experiment_id=mlflow.create_experiment("portable", str(tmp_path / "artifacts")))
     net = _tiny_net()
     with mlflow.start_run():
-        info = tracking.log_model(net)
+        info = registry.log_model(net)
     version = mlflow.register_model(info.model_uri, "ukr-hw").version
     client = mlflow.MlflowClient(store, store)
     client.set_registered_model_alias("ukr-hw", "champion", version)

@@ -314,19 +314,19 @@ def _wait_version(client: ApiClient, version: str, timeout: float = 60) -> None:
 
 
 def test_hot_reload_by_admin_call_and_by_polling(server, client, champion_model, glyph_files):
-    from ukr_hw import tracking
+    from ukr_hw import registry
 
     first = client.model_version()
     assert first == champion_model.version
     with _Traffic(server.url, glyph_files[0].read_bytes()) as traffic:
         # 1) admin path: a new version registered without moving the alias, then the alias moves + POST reload
         second = champion_model.register_another(epochs=0, promote=False)
-        tracking.set_champion(second)
+        registry.set_champion(second)
         result = client.reload(TOKEN)
         assert result["model_version"] == second  # (the poller may have switched first: changed is then False)
         assert client.classify(glyph_files[1].read_bytes())["model_version"] == second
         # 2) polling path: only move the alias, no admin call
-        tracking.set_champion(first)
+        registry.set_champion(first)
         _wait_version(client, first, timeout=60)
         time.sleep(0.5)
     statuses = [s for s, _ in traffic.results]

@@ -221,7 +221,7 @@ def test_stack_cli_postgres_missing(tmp_path) -> None:
     assert up.returncode == 1 and "PostgreSQL not reachable" in up.stderr
 
 
-# --- `ukr-hw stack up` bootstraps the stack (ukr_hw/bootstrap.py, the same steps as compose's one-shot service) ---
+# --- `ukr-hw stack up` bootstraps the stack (ukr_hw/ops/bootstrap/, the same steps as compose's one-shot service) ---
 
 
 def test_stack_cli_refuses_placeholders(tmp_path) -> None:
@@ -240,7 +240,7 @@ def test_stack_cli_refuses_placeholders(tmp_path) -> None:
 
 
 def test_first_champion_decision() -> None:
-    from ukr_hw import bootstrap
+    from ukr_hw.ops import bootstrap
 
     assert bootstrap.first_champion_action("3", "worker") == "keep"  # a champion: never trains again
     assert bootstrap.first_champion_action("3", "local") == "keep"
@@ -294,7 +294,7 @@ def test_stack_up_bootstraps_deployments_schedule_limit_and_failure_alert(tmp_pa
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Failed
 
-    from ukr_hw import bootstrap
+    from ukr_hw.ops import bootstrap
 
     hook = _Webhook()
     tag = uuid.uuid4().hex[:8]

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from tests.fixtures.data import temp_env
 from tests.fixtures.models import EPOCHS, NET
-from ukr_hw import stack, tracking
+from ukr_hw import registry, stack
 from ukr_hw.inference import Predictor
 
 
@@ -91,21 +91,21 @@ def test_worse_model_is_registered_not_promoted_and_better_one_is(champion_model
     from ukr_hw.model.evaluate import evaluate
     from ukr_hw.model.network import build_network
 
-    before = tracking.champion_version()
+    before = registry.champion_version()
     assert before == champion_model.version
-    champ_metrics = tracking.get_version_metrics(before)
-    champion = evaluate(tracking.load_champion_net(), champion_model.test).outcomes()  # what the gate re-scores
+    champ_metrics = registry.get_version_metrics(before)
+    champion = evaluate(registry.load_champion_net(), champion_model.test).outcomes()  # what the gate re-scores
     worse = build_network(NET).eval()  # untrained: its real test accuracy is near chance
     report = evaluate(worse, champion_model.test)
     assert report.metrics["symbol_accuracy"] < champ_metrics["symbol_accuracy"]
-    with tracking.start_run("worse", data_version=champion_model.data_version) as run:
-        reg = tracking.log_model_and_register(worse, report=report, data_version="dv-worse", params={"untrained": 1})
+    with registry.start_run("worse", data_version=champion_model.data_version) as run:
+        reg = registry.log_model_and_register(worse, report=report, data_version="dv-worse", params={"untrained": 1})
     assert not reg.promoted
-    assert tracking.champion_version() == before
+    assert registry.champion_version() == before
     registered = client.get_model_version(champion_model.model_name, reg.version)
     tag = registered.tags["promotion"]
     # the gate's own words: a paired test per population on the very glyphs both models were scored on
-    expected = tracking.decide_promotion(report.outcomes(), champion)
+    expected = registry.decide_promotion(report.outcomes(), champion)
     assert not expected.promote and tag == f"rejected: {expected.reason} (champion was v{before})"
     assert tag.startswith("rejected: symbol_accuracy on ") and "significantly worse (p " in tag
     populations = sorted(set(champion_model.test.source.tolist()))
@@ -119,7 +119,7 @@ def test_worse_model_is_registered_not_promoted_and_better_one_is(champion_model
             assert t["n"] == int(sel.sum())
             assert t["new_only"] == int((report.outcomes().symbol[sel] & ~champion.symbol[sel]).sum())
             assert t["champion_only"] == int((~report.outcomes().symbol[sel] & champion.symbol[sel]).sum())
-        assert t["p_worse"] == pytest.approx(tracking.mcnemar_p_worse(t["new_only"], t["champion_only"]))
+        assert t["p_worse"] == pytest.approx(registry.mcnemar_p_worse(t["new_only"], t["champion_only"]))
     logged = client.get_run(run.info.run_id).data
     assert logged.tags["promotion"] == tag and logged.metrics["gate_promote"] == 0.0
     first = next(t for t in tests if t["head"] == "symbol")
@@ -128,7 +128,7 @@ def test_worse_model_is_registered_not_promoted_and_better_one_is(champion_model
     assert gate_json["promote"] is False and gate_json["alpha"] == 0.05 and gate_json["tests"] == tests
     # every registered model names its data's sources and licences (CoMNIST: CC BY-SA 4.0, attribution)
     assert "CoMNIST" in registered.description and "CC BY-SA 4.0" in registered.description
-    assert tracking.get_version_metrics(reg.version)["symbol_accuracy"] == pytest.approx(
+    assert registry.get_version_metrics(reg.version)["symbol_accuracy"] == pytest.approx(
         report.metrics["symbol_accuracy"]
     )
     # the champion's own weights trained one epoch more, judged by the rule (not forced)
@@ -136,13 +136,13 @@ def test_worse_model_is_registered_not_promoted_and_better_one_is(champion_model
 
     new = champion_model.register_another(epochs=1, promote=None)
     new_net, _ = load_net(f"models:/{champion_model.model_name}/{new}")
-    should = tracking.decide_promotion(evaluate(new_net, champion_model.test).outcomes(), champion)
-    assert (tracking.champion_version() == new) == should.promote
+    should = registry.decide_promotion(evaluate(new_net, champion_model.test).outcomes(), champion)
+    assert (registry.champion_version() == new) == should.promote
     tag = client.get_model_version(champion_model.model_name, new).tags["promotion"]
     assert tag == f"{'promoted' if should.promote else 'rejected'}: {should.reason} (champion was v{before})"
     # a copy of the champion is never worse: promoted
     same = champion_model.register_another(epochs=0, promote=None)
-    assert tracking.champion_version() == same == champion_model.version
+    assert registry.champion_version() == same == champion_model.version
     assert Predictor.from_uri().model_version == same
 
 
@@ -174,7 +174,7 @@ def test_worse_model_is_registered_not_promoted_and_better_one_is(champion_model
 def test_unpaired_rule_for_a_champion_known_only_by_its_record(new, champ, promote, words):
     """A champion that cannot be re-scored is judged by its recorded figures: no pairs, so no test, and the new
     model may not be worse at all (this was the whole rule before the paired gate)."""
-    decision = tracking.decide_promotion(new, champ)
+    decision = registry.decide_promotion(new, champ)
     assert decision.promote is promote and words in decision.reason, decision.reason
 
 
@@ -207,14 +207,14 @@ def _flip(o, head: str, right: list[int], wrong: list[int]):
 def test_mcnemar_p_values_are_the_exact_binomial_tail() -> None:
     from scipy.stats import binomtest
 
-    assert tracking.mcnemar_p_worse(0, 0) == 1.0  # no discordant glyph: no evidence either way
-    assert tracking.mcnemar_p_worse(0, 3) == pytest.approx(1 / 8)  # three glyphs lost, none won
-    assert tracking.mcnemar_p_worse(2, 5) == pytest.approx(29 / 128)
-    assert tracking.mcnemar_p_worse(1, 9) == pytest.approx(11 / 1024)
+    assert registry.mcnemar_p_worse(0, 0) == 1.0  # no discordant glyph: no evidence either way
+    assert registry.mcnemar_p_worse(0, 3) == pytest.approx(1 / 8)  # three glyphs lost, none won
+    assert registry.mcnemar_p_worse(2, 5) == pytest.approx(29 / 128)
+    assert registry.mcnemar_p_worse(1, 9) == pytest.approx(11 / 1024)
     for b, c in [(0, 1), (4, 4), (10, 3), (3, 10), (40, 70), (300, 340)]:
-        assert tracking.mcnemar_p_worse(b, c) == pytest.approx(binomtest(c, b + c, 0.5, "greater").pvalue, rel=1e-9)
+        assert registry.mcnemar_p_worse(b, c) == pytest.approx(binomtest(c, b + c, 0.5, "greater").pvalue, rel=1e-9)
     with pytest.raises(ValueError, match="discordant counts must be >= 0"):
-        tracking.mcnemar_p_worse(-1, 2)
+        registry.mcnemar_p_worse(-1, 2)
 
 
 def test_gate_promotes_a_better_model_that_lost_three_frozen_glyphs() -> None:
@@ -234,7 +234,7 @@ def test_gate_promotes_a_better_model_that_lost_three_frozen_glyphs() -> None:
     frozen = (champ.source != "comnist") & (champ.symbol != new.symbol)
     assert int(champ.symbol[champ.source != "comnist"].sum() - new.symbol[champ.source != "comnist"].sum()) == 3
     assert frozen.sum() == 7
-    decision = tracking.decide_promotion(new, champ)
+    decision = registry.decide_promotion(new, champ)
     assert decision.promote, decision.reason
     assert decision.reason.startswith("no population significantly worse (one-sided exact McNemar, alpha 0.05;")
     ruk_figures = f"{new.symbol[ruk].mean():.4f} vs {champ.symbol[ruk].mean():.4f}"
@@ -249,9 +249,9 @@ def test_gate_promotes_a_better_model_that_lost_three_frozen_glyphs() -> None:
     ) == (0, 0)
     # the same glyphs in another order pair up by id: the same decision
     order = rng.permutation(len(champ))
-    assert tracking.decide_promotion(new, champ.subset(order)).reason == decision.reason
+    assert registry.decide_promotion(new, champ.subset(order)).reason == decision.reason
     # identical models are never refused
-    assert tracking.decide_promotion(champ, champ).promote
+    assert registry.decide_promotion(champ, champ).promote
 
 
 def test_gate_refuses_a_real_regression_in_any_population_and_head() -> None:
@@ -267,22 +267,22 @@ def test_gate_refuses_a_real_regression_in_any_population_and_head() -> None:
     case_right = ruk[champ.case[ruk] == 1]
     case_wrong = ruk[champ.case[ruk] == 0]
     new = _flip(champ, "case", right=list(case_wrong[:1]), wrong=list(case_right[:9]))
-    decision = tracking.decide_promotion(new, champ)
+    decision = registry.decide_promotion(new, champ)
     assert not decision.promote
     assert decision.reason.startswith("case_accuracy on rukopys significantly worse (p 0.0107 < 0.05): rukopys case ")
     assert "(n=171, +1/-9, p=0.0107)" in decision.reason
     assert "; all: " in decision.reason and "comnist symbol" in decision.reason  # every number, for the operator
     # a looser significance level is the operator's choice, and refuses more
-    assert not tracking.decide_promotion(_flip(champ, "case", [], list(case_right[:3])), champ, alpha=0.2).promote
-    assert tracking.decide_promotion(_flip(champ, "case", [], list(case_right[:3])), champ, alpha=0.05).promote
+    assert not registry.decide_promotion(_flip(champ, "case", [], list(case_right[:3])), champ, alpha=0.2).promote
+    assert registry.decide_promotion(_flip(champ, "case", [], list(case_right[:3])), champ, alpha=0.05).promote
     com = np.flatnonzero(champ.source == "comnist")
     loses = _flip(champ, "symbol", right=list(com[~champ.symbol[com]][:10]), wrong=list(com[champ.symbol[com]][:50]))
     loses = _flip(loses, "symbol", right=list(ruk[~champ.symbol[ruk]]), wrong=[])  # every Rukopys glyph right
-    decision = tracking.decide_promotion(loses, champ)
+    decision = registry.decide_promotion(loses, champ)
     assert not decision.promote and decision.reason.startswith("symbol_accuracy on comnist significantly worse")
     assert "+10/-50" in decision.reason
     with pytest.raises(ValueError, match="UKR_HW_PROMOTION_ALPHA"):
-        tracking.decide_promotion(champ, champ, alpha=1.5)
+        registry.decide_promotion(champ, champ, alpha=1.5)
 
 
 def test_gate_refuses_a_model_that_reads_users_drawings_worse() -> None:
@@ -291,14 +291,14 @@ def test_gate_refuses_a_model_that_reads_users_drawings_worse() -> None:
     frozen = _outcomes("rukopys", [True] * 90 + [False] * 10, case=[1] * 95 + [0] * 5)
     champ_users = _join(_outcomes("feedback", [True] * 6 + [False] * 4, case=[1] * 8 + [0] * 2))
     worse = _flip(champ_users, "symbol", right=[6, 7], wrong=[0, 1, 2])  # +2/-3
-    decision = tracking.decide_promotion(frozen, frozen, users=(worse, champ_users))
+    decision = registry.decide_promotion(frozen, frozen, users=(worse, champ_users))
     assert not decision.promote
     assert decision.reason.startswith(
         "symbol_accuracy on users worse, where it may not drop: users symbol 0.5000 vs 0.6000 "
         "(n=10, +2/-3, point estimate)"
     )
     better = _flip(champ_users, "symbol", right=[6, 7, 8], wrong=[0])  # +3/-1
-    decision = tracking.decide_promotion(frozen, frozen, users=(better, champ_users))
+    decision = registry.decide_promotion(frozen, frozen, users=(better, champ_users))
     assert decision.promote and decision.reason.startswith(
         "no population significantly worse and users' drawings not worse"
     )
@@ -306,9 +306,9 @@ def test_gate_refuses_a_model_that_reads_users_drawings_worse() -> None:
     assert "users case 0.8000 vs 0.8000 (n=10, +0/-0, p=1)" in decision.reason
     # users' case is held like the frozen populations': a significant loss refuses
     case_loss = _flip(better, "case", right=[], wrong=list(range(8)))
-    assert not tracking.decide_promotion(frozen, frozen, users=(case_loss, champ_users)).promote
+    assert not registry.decide_promotion(frozen, frozen, users=(case_loss, champ_users)).promote
     # the gate's metrics for the run
-    m = tracking.decide_promotion(frozen, frozen, users=(better, champ_users)).metrics()
+    m = registry.decide_promotion(frozen, frozen, users=(better, champ_users)).metrics()
     assert m["gate_promote"] == 1.0 and m["gate_users_symbol_new_only"] == 3.0
     assert m["gate_users_symbol_champion_only"] == 1.0 and m["gate_rukopys_case_p_worse"] == 1.0
 
@@ -321,10 +321,10 @@ def test_models_lists_versions_and_promote_by_hand_overrides_the_gate(champion_m
     from ukr_hw.model.evaluate import evaluate
     from ukr_hw.model.network import build_network
 
-    before = tracking.champion_version()
+    before = registry.champion_version()
     worse = build_network(NET).eval()
-    with tracking.start_run("worse-for-hand", data_version=champion_model.data_version):
-        reg = tracking.log_model_and_register(
+    with registry.start_run("worse-for-hand", data_version=champion_model.data_version):
+        reg = registry.log_model_and_register(
             worse, report=evaluate(worse, champion_model.test), data_version="dv-hand", params={}
         )
     assert not reg.promoted
@@ -342,7 +342,7 @@ def test_models_lists_versions_and_promote_by_hand_overrides_the_gate(champion_m
         out = json.loads(capsys.readouterr().out)
         assert out["champion"] == reg.version and out["previous"] == before
         assert out["api"]["reloaded"] is False  # no API here: a warning, the alias has moved anyway
-        assert tracking.champion_version() == reg.version
+        assert registry.champion_version() == reg.version
         tag = client.get_model_version(champion_model.model_name, reg.version).tags["promotion"]
         assert tag.startswith("promoted by hand: learnt the users' «т» (champion was v") and "rejected: " in tag
 
@@ -350,9 +350,9 @@ def test_models_lists_versions_and_promote_by_hand_overrides_the_gate(champion_m
         assert "has no version '999'" in capsys.readouterr().err
         assert main(["promote", before, "--reason", "  "]) == 2
         assert "say why" in capsys.readouterr().err
-        assert tracking.champion_version() == reg.version  # refused: nothing moved
+        assert registry.champion_version() == reg.version  # refused: nothing moved
     finally:
-        tracking.set_champion(before)
+        registry.set_champion(before)
 
 
 def test_outcomes_agree_with_the_evaluation_metrics(champion_model) -> None:
@@ -378,17 +378,17 @@ def test_registry_tag_says_why_users_drawings_refused_a_model(champion_model, cl
     from ukr_hw.model.evaluate import evaluate
     from ukr_hw.model.network import build_network
 
-    before = tracking.champion_version()
-    same = tracking.load_champion_net()
+    before = registry.champion_version()
+    same = registry.load_champion_net()
     drawings = champion_model.test.subset(slice(0, 40))
     drawings = dataclasses.replace(drawings, source=np.full(len(drawings), "feedback"))
     users = (evaluate(build_network(NET).eval(), drawings), evaluate(same, drawings))  # untrained vs champion
     assert users[0].metrics["symbol_accuracy"] < users[1].metrics["symbol_accuracy"]
-    with tracking.start_run("users-worse", data_version=champion_model.data_version):
-        reg = tracking.log_model_and_register(
+    with registry.start_run("users-worse", data_version=champion_model.data_version):
+        reg = registry.log_model_and_register(
             same, report=evaluate(same, champion_model.test), data_version="dv-users", params={}, users=users
         )
-    assert not reg.promoted and tracking.champion_version() == before
+    assert not reg.promoted and registry.champion_version() == before
     tag = client.get_model_version(champion_model.model_name, reg.version).tags["promotion"]
     assert tag == reg.reason and tag.startswith("rejected: symbol_accuracy on users worse, where it may not drop")
     sym = f"users symbol {users[0].metrics['symbol_accuracy']:.4f} vs {users[1].metrics['symbol_accuracy']:.4f}"

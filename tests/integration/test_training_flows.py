@@ -121,7 +121,7 @@ def test_train_flow_rejects_bad_override(tiny_project):
         train(config_path=TINY, overrides={"finetune.epochz": "2"})
 
 
-# --- operations: the data lock, retries of network-bound tasks (ukr_hw/bootstrap.py, flows/*.py) ----------------
+# --- operations: the data lock, retries of network-bound tasks (ukr_hw/ops/locks.py, retries.py, flows/*.py)
 
 
 def _lock_settings(root: Path):
@@ -133,7 +133,7 @@ def _lock_settings(root: Path):
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from ukr_hw.bootstrap import data_lock
+from ukr_hw.ops.locks import data_lock
 from ukr_hw.settings import get_settings
 with data_lock(get_settings(root=Path(sys.argv[1])), "the other process"):
     Path(sys.argv[2]).write_text("held")
@@ -152,7 +152,7 @@ def test_data_lock_makes_flows_wait_for_each_other(tmp_path) -> None:
 
     from prefect import flow
 
-    from ukr_hw.bootstrap import data_lock, data_lock_path
+    from ukr_hw.ops.locks import data_lock, data_lock_path
 
     settings = _lock_settings(tmp_path)
     held = tmp_path / "held"
@@ -196,9 +196,9 @@ def test_transient_errors_are_told_from_configuration_errors() -> None:
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
     from requests.exceptions import ConnectionError as RequestsConnectionError
 
-    from ukr_hw.bootstrap import is_transient
     from ukr_hw.data.ingest import IngestError
     from ukr_hw.data.versioning import VersioningError
+    from ukr_hw.ops.retries import is_transient
 
     def chained(outer: Exception, cause: BaseException) -> Exception:
         outer.__cause__ = cause
@@ -232,7 +232,7 @@ def test_transient_errors_are_told_from_configuration_errors() -> None:
 
 def test_network_bound_tasks_retry_with_back_off_and_time_out() -> None:
     from flows import prepare, retrain, train
-    from ukr_hw.bootstrap import retry_if_transient
+    from ukr_hw.ops.retries import retry_if_transient
 
     network = {
         prepare.ingest_rukopys: 3,
@@ -259,7 +259,7 @@ def test_network_bound_tasks_retry_with_back_off_and_time_out() -> None:
 def test_retry_if_transient_in_a_real_flow() -> None:
     from prefect import flow, task
 
-    from ukr_hw.bootstrap import retry_if_transient
+    from ukr_hw.ops.retries import retry_if_transient
 
     calls = {"flaky": 0, "broken": 0}
 

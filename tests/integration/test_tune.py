@@ -17,7 +17,7 @@ def test_tune_nested_runs_pruning_and_best_params(tiny_project, tmp_path):  # no
     from mlflow import MlflowClient
 
     from flows.tune import tune
-    from ukr_hw.tuning import create_study, load_tune_config
+    from ukr_hw.training.tune import create_study, load_tune_config
 
     cfg_path = tiny_project / "tune.yaml"
     cfg_path.write_text(
@@ -84,7 +84,7 @@ def test_trial_seeds_follow_the_config_seed_and_refuse_no_repeats():
     import pytest
 
     from ukr_hw.training import ConfigError
-    from ukr_hw.tuning import trial_seeds
+    from ukr_hw.training.tune import trial_seeds
 
     assert trial_seeds({"seed": 42}, {}) == [42]
     assert trial_seeds({"seed": 42}, {"repeats": 3}) == [42, 43, 44]
@@ -93,7 +93,7 @@ def test_trial_seeds_follow_the_config_seed_and_refuse_no_repeats():
 
 
 def test_configured_params_are_the_configs_values_inside_the_space():
-    from ukr_hw.tuning import configured_params
+    from ukr_hw.training.tune import configured_params
 
     space = {
         "finetune.lr": {"type": "float", "low": 0.001, "high": 0.01},

@@ -477,7 +477,7 @@ def test_the_ui_flushes_its_spool_in_the_background(ui, s3_server, s3_bucket, tm
 
 
 def test_rate_limiter_all_or_nothing_release_and_window():
-    from ukr_hw.ratelimit import Limit, RateLimiter, describe_span, describe_wait
+    from ukr_hw.ui.ratelimit import Limit, RateLimiter, describe_span, describe_wait
 
     now = [0.0]
     rl = RateLimiter(clock=lambda: now[0])

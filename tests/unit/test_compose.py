@@ -473,7 +473,8 @@ def test_mlflow_auth_config_keeps_any_password(tmp_path: Path) -> None:
 def test_bootstrap_service_registers_the_deployments() -> None:
     svc = SERVICES["bootstrap"]
     assert svc["command"][:2] == ["python", "deploy/bootstrap.py"]
-    text = (REPO / "ukr_hw" / "bootstrap.py").read_text()  # deploy/bootstrap.py is its command line
+    steps = sorted((REPO / "ukr_hw" / "ops" / "bootstrap").glob("*.py"))  # deploy/bootstrap.py is their command line
+    text = "".join(p.read_text() for p in steps)
     assert '"deploy", "--all"' in text  # `prefect deploy --all` from prefect.yaml
     assert '"pipeline"' in text  # natively: the app's own CLI (`ukr-hw pipeline`) trains the first champion
     assert "COPY deploy/bootstrap.py deploy/" in (REPO / "deploy" / "Dockerfile").read_text()

@@ -69,6 +69,17 @@ def test_wait_until_reports_progress_between_tries() -> None:
     assert len(waited) == 2 and waited == sorted(waited) and all(w >= 0 for w in waited)
 
 
+def test_wait_until_returns_what_the_check_found_and_can_wait_without_a_limit() -> None:
+    results = iter([None, "", "v3"])
+    assert wait_until(lambda: next(results), timeout=None, what="x", interval=0.01) == "v3"
+
+    def broken() -> bool:
+        raise ValueError("not a readiness problem")
+
+    with pytest.raises(ValueError):  # fatal=(Exception,): any error ends the wait at once
+        wait_until(broken, timeout=30, what="x", interval=0.01, fatal=(Exception,))
+
+
 _SPAWNER = """
 import subprocess, sys, time
 # a child in the group, and a grandchild that left it (its own session): both belong to the tree

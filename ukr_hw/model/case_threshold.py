@@ -32,7 +32,7 @@ from ukr_hw.data.arrays import Samples
 from ukr_hw.model.evaluate import predict_samples
 from ukr_hw.model.network import Network, UkrHwNet, member_nets
 
-#: ``finetune.case_threshold_fit`` defaults (see ukr_hw.training.DEFAULTS)
+#: ``finetune.case_threshold_fit`` defaults (the fields of ukr_hw.training.config.CaseThresholdFit)
 DEFAULTS: dict[str, Any] = {
     "sources": ["feedback"],  #: whose held-out letters re-fit the threshold (empty: never re-fit)
     "min_letters": 60,  #: fewer held-out letters than this: the configured threshold stays

@@ -60,7 +60,7 @@ def _pair_key(a: str, b: str) -> str:
 @dataclass(frozen=True)
 class Outcomes:
     """Which samples one model reads right: the per-sample evidence a paired comparison of two models scored on the
-    very same glyphs needs (``ukr_hw.tracking.decide_promotion``); accuracies alone cannot tell three glyphs of noise
+    very same glyphs needs (``ukr_hw.registry.decide_promotion``); accuracies alone cannot tell three glyphs of noise
     from a regression."""
 
     id: np.ndarray  #: (N,) sample ids: the key that pairs two models' outcomes

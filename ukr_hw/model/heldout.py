@@ -9,6 +9,8 @@
   cursive forms, photographed paper). The generator also makes training drawings, so these flatter the model: a
   proxy, not a verdict on people's handwriting.
 * :func:`score` — symbol (43-way and letters-only) and case accuracy, letters↔digits shares, worst classes.
+* :func:`data_with_feedback` — a copy of the prepared data with simulated users' drawings among the training
+  glyphs: a retrain round of the benchmarks (``benchmarks/case_refit.py``, ``retrain_recipe.py``).
 """
 
 from __future__ import annotations
@@ -194,3 +196,20 @@ def cached_sets(settings: Settings, cache: Path) -> dict[str, Samples]:
         sets |= new
         index.write_text(json.dumps(list(sets)))
     return {**real_sets(settings), "finetune-test": test, **sets}
+
+
+def data_with_feedback(settings: Settings, feedback: Samples, root: Path) -> Settings:
+    """A copy of the prepared data (links, except the training split) with ``feedback`` joining the training split,
+    under ``root``: the settings that point at it."""
+    import os
+
+    from ukr_hw.data.arrays import save_samples
+
+    processed = root / "processed"
+    processed.mkdir(parents=True)
+    for f in settings.processed_dir.iterdir():
+        if f.is_file() and f.name != split.TRAIN_FILE:
+            os.symlink(f, processed / f.name)
+    train = load_samples(settings.processed_dir / split.TRAIN_FILE)
+    save_samples(Samples.concat([train, feedback]), processed / split.TRAIN_FILE)
+    return settings.model_copy(update={"data_dir": root})

@@ -3,7 +3,7 @@
 MLflow logs this file's source next to two artifacts, ``state_dict`` (``state_dict.pt``, weights only) and
 ``config`` (``config.json``, the :class:`~ukr_hw.model.network.NetConfig` as a dict), and one code folder:
 :data:`PORTABLE_PACKAGE`, a copy of ``ukr_hw/model/network.py`` and ``ukr_hw/labels.py`` made by
-:func:`ukr_hw.tracking.log_model` (its ``ukr_hw`` imports made package-relative). Loading runs this file and
+:func:`ukr_hw.registry.models.log_model` (its ``ukr_hw`` imports made package-relative). Loading runs this file and
 rebuilds the network from those: no pickled classes, and nothing else from ``ukr_hw`` (no settings, no
 preprocessing, no registry client), so ``mlflow.pyfunc.load_model("models:/ukr-hw@champion")`` works in a fresh
 environment that has only the model's ``requirements.txt``, and it never shadows an installed ``ukr_hw``.
@@ -32,7 +32,7 @@ import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
-#: the package ``ukr_hw.tracking.log_model`` writes into the model's code folder (``code_paths``)
+#: the package ``ukr_hw.registry.models.log_model`` writes into the model's code folder (``code_paths``)
 PORTABLE_PACKAGE = "ukr_hw_portable"
 
 

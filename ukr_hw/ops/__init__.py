@@ -3,7 +3,7 @@
 | module | what |
 | --- | --- |
 | :mod:`~ukr_hw.ops.ports` | free ports, "port taken" errors that say what to do |
-| :mod:`~ukr_hw.ops.wait` | the one readiness wait (every server and ``ukr-hw up`` use it), the HTTP probe |
+| :mod:`~ukr_hw.ops.wait` | the one readiness wait (servers, ``ukr-hw up``, API client, benchmarks), the HTTP probe |
 | :mod:`~ukr_hw.ops.processes` | a child process tree: start with its own log, liveness, stop (TERM, then KILL) |
 | :mod:`~ukr_hw.ops.postgres` | databases on the PostgreSQL server the stack uses |
 | :mod:`~ukr_hw.ops.s3` | SeaweedFS (``weed mini``) as the S3 server |
@@ -12,6 +12,9 @@
 | :mod:`~ukr_hw.ops.services` | the table of the stack's services: what each needs, how it starts, its probe |
 | :mod:`~ukr_hw.ops.stack` | :class:`~ukr_hw.ops.stack.Stack`: addresses, credentials, state file, up/down/status |
 | :mod:`~ukr_hw.ops.cli` | ``ukr-hw stack up|down|status`` |
+| :mod:`~ukr_hw.ops.bootstrap` | the bootstrap once the servers are up: users, pools, deployments, a first champion |
+| :mod:`~ukr_hw.ops.locks` | the data lock the flows hold on ``data/processed`` (a file lock + a Prefect limit) |
+| :mod:`~ukr_hw.ops.retries` | the retry policy of the flows' network-bound tasks (transient errors only) |
 
 Libraries chosen (one line each):
 

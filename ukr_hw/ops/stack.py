@@ -4,7 +4,7 @@ starts services in order (:data:`~ukr_hw.ops.services.TABLE`), stops them in rev
 Detached processes whose pids, ports and logs live in ``settings.stack_dir`` (``.stack/``: ``state.json``,
 ``logs/*.log``, ``env``, ``credentials.json``). ``up`` refuses a setting that still holds a ``change-me``
 placeholder, and with ``bootstrap`` set, once the Prefect server (and the worker) run and before the API starts, it
-runs the same bootstrap as compose's one-shot service (:mod:`ukr_hw.bootstrap`).
+runs the same bootstrap as compose's one-shot service (:mod:`ukr_hw.ops.bootstrap`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ukr_hw import bootstrap as boot
 from ukr_hw.ops import REPO, StackError
+from ukr_hw.ops import bootstrap as boot
 from ukr_hw.ops import postgres as pg
 from ukr_hw.ops.prefect_server import prefect_env
 from ukr_hw.ops.processes import kill_group, same_process, start_time
@@ -233,7 +233,7 @@ class Stack:
     def bootstrap(
         self, train: str = "worker", services: Sequence[str] | None = None, timeout_s: float = 4 * 3600
     ) -> dict[str, Any]:
-        """The compose bootstrap's steps against this stack (:func:`ukr_hw.bootstrap.run`): pools, deployments,
+        """The compose bootstrap's steps against this stack (:func:`ukr_hw.ops.bootstrap.run`): pools, deployments,
         the weekly schedule on ``settings.prefect_work_pool``, the data limit, the failure alert, and a first
         champion by ``train`` when the registry has none. ``services``: those running (default: all)."""
         s = self.settings
@@ -275,7 +275,7 @@ class Stack:
     ) -> None:
         """Start ``services`` (default: all) and what they need, skipping those already running.
 
-        ``bootstrap``: a training mode of :data:`ukr_hw.bootstrap.TRAIN_MODES` runs :meth:`bootstrap` once the
+        ``bootstrap``: a training mode of :data:`ukr_hw.ops.bootstrap.TRAIN_MODES` runs :meth:`bootstrap` once the
         Prefect server is up, before the API starts (``ukr-hw stack up`` does); None (the building block, as the
         tests use it) does not.
         """

@@ -1,12 +1,29 @@
-"""The one readiness wait: poll a check until it holds, on tenacity, and the HTTP probe most checks use."""
+"""The one readiness wait: poll a check until it holds, on tenacity, and the HTTP probe most checks use.
+
+Every "wait until …" of the project goes through :func:`wait_until`: a server answering its probe, the API loading
+its model, a flow run reaching a final state, a benchmark seeing the new champion served, ``ukr-hw up`` watching
+its children. It returns what the check returned (so a check can hand back the value it found), and ``timeout``
+None waits for as long as it takes (until the check holds, a fatal error, or Ctrl-C).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import httpx
-from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, retry_if_result, stop_after_delay
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    retry_if_result,
+    stop_after_delay,
+    stop_never,
+)
 from tenacity import wait_fixed as _wait_fixed
+
+T = TypeVar("T")
 
 
 class NotReady(TimeoutError):
@@ -14,20 +31,21 @@ class NotReady(TimeoutError):
 
 
 def wait_until(
-    check: Callable[[], object],
+    check: Callable[[], T],
     *,
-    timeout: float,
+    timeout: float | None,
     what: str,
     interval: float = 0.3,
     fatal: tuple[type[BaseException], ...] = (),
     on_retry: Callable[[float], None] | None = None,
-) -> None:
-    """Call ``check`` every ``interval`` seconds until it returns something true.
+) -> T:
+    """Call ``check`` every ``interval`` seconds until it returns something true; return that value.
 
     An exception from ``check`` counts as "not ready yet" (a server still binding its port refuses connections),
-    except one of ``fatal`` (a process that died): it ends the wait at once and propagates, as does anything that is
-    not an ``Exception`` (Ctrl-C, a signal handler's exception). ``on_retry(seconds_waited)`` runs before each
-    pause. Raises :class:`NotReady` after ``timeout`` seconds, chained to the last try's exception if it raised one.
+    except one of ``fatal`` (a process that died; ``(Exception,)``: any error ends the wait): it ends the wait at
+    once and propagates, as does anything that is not an ``Exception`` (Ctrl-C, a signal handler's exception).
+    ``on_retry(seconds_waited)`` runs before each pause. Raises :class:`NotReady` after ``timeout`` seconds (None:
+    no time limit), chained to the last try's exception if it raised one.
     """
 
     def retryable(exc: BaseException) -> bool:
@@ -38,16 +56,16 @@ def wait_until(
             on_retry(state.seconds_since_start or 0.0)
 
     retrying = Retrying(
-        stop=stop_after_delay(timeout),
+        stop=stop_never if timeout is None else stop_after_delay(timeout),
         wait=_wait_fixed(interval),
         retry=retry_if_exception(retryable) | retry_if_result(lambda ok: not ok),
         before_sleep=before_sleep,
     )
     try:
-        retrying(check)
+        return retrying(check)
     except RetryError as err:
         last = err.last_attempt.exception() if err.last_attempt.failed else None
-        raise NotReady(f"{what} not ready after {timeout:.0f}s") from last
+        raise NotReady(f"{what} not ready after {timeout or 0:.0f}s") from last
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:

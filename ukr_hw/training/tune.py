@@ -1,6 +1,6 @@
 """Optuna over the fine-tune config: search space from YAML, a Lightning pruning callback, nested MLflow runs.
 
-``configs/tune.yaml``::
+``configs/tune.yaml`` (:class:`~ukr_hw.training.config.TuneConfig`)::
 
     base: train.yaml                 # the training config the trials start from (relative to this file)
     overrides: {finetune.epochs: 12} # applied to every trial
@@ -16,11 +16,13 @@
 
 Storage is ``settings.resolved_optuna_storage()`` (SQLite by default, PostgreSQL in the stack), studies are
 loaded if they exist, so several workers can join one study. Each trial is a nested MLflow run.
+
+Pruning is this module's :class:`OptunaPruning`: ``optuna-integration``'s ``PyTorchLightningPruningCallback`` does
+the same for ``lightning.pytorch`` but is not a dependency of this project.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +33,14 @@ import optuna
 import yaml
 
 from ukr_hw.model.lit import monitored_value
-from ukr_hw.training import ConfigError, _read_yaml, apply_overrides, flat_params, load_config
+from ukr_hw.training.config import (
+    ConfigError,
+    SearchDimension,
+    TrainConfig,
+    TuneConfig,
+    apply_overrides,
+    flat_params,
+)
 
 
 class OptunaPruning(L.Callback):
@@ -50,31 +59,26 @@ class OptunaPruning(L.Callback):
             raise optuna.TrialPruned(f"pruned at epoch {epoch}: {self.monitor}={value:.4f}")
 
 
-def load_tune_config(path: Path | str) -> dict[str, Any]:
-    path = Path(path)
-    cfg = _read_yaml(path)
-    if not isinstance(cfg.get("space"), Mapping) or not cfg["space"]:
-        raise ConfigError(f"{path}: needs a non-empty `space:` mapping of dotted config keys to distributions")
-    base = cfg.get("base")
-    cfg["base_path"] = str((path.parent / base) if base and not Path(base).is_absolute() else base) if base else None
-    best = cfg.get("best_params_path", "best_params.yaml")
-    cfg["best_params_path"] = str(best if Path(best).is_absolute() else path.parent / best)
-    return cfg
+def load_tune_config(path: Path | str) -> TuneConfig:
+    """``configs/tune.yaml``, validated; ``base_path`` and ``best_params_path`` resolved against its folder."""
+    return TuneConfig.load(path)
 
 
-def suggest(trial: optuna.trial.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def _dimension(spec: SearchDimension | Mapping[str, Any]) -> SearchDimension:
+    return spec if isinstance(spec, SearchDimension) else SearchDimension.model_validate(dict(spec))
+
+
+def suggest(trial: optuna.trial.Trial, space: Mapping[str, SearchDimension | Mapping[str, Any]]) -> dict[str, Any]:
     """Sample one value per dotted key from its distribution (float / int / categorical)."""
     params: dict[str, Any] = {}
     for key, spec in space.items():
-        kind = spec.get("type", "float")
-        if kind == "float":
-            params[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
-        elif kind == "int":
-            params[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
-        elif kind == "categorical":
-            params[key] = trial.suggest_categorical(key, list(spec["choices"]))
+        d = _dimension(spec)
+        if d.type == "float":
+            params[key] = trial.suggest_float(key, float(d.low), float(d.high), log=d.log)
+        elif d.type == "int":
+            params[key] = trial.suggest_int(key, int(d.low), int(d.high), log=d.log)
         else:
-            raise ConfigError(f"search space {key!r}: unknown type {kind!r} (use float, int or categorical)")
+            params[key] = trial.suggest_categorical(key, list(d.choices or []))
     return params
 
 
@@ -90,25 +94,26 @@ def make_pruner(spec: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
     raise ConfigError(f"pruner type {kind!r} unknown: use median, threshold or none")
 
 
-def create_study(study_name: str, storage: str, tune_cfg: Mapping[str, Any]) -> optuna.Study:
-    sampler = optuna.samplers.TPESampler(**dict(tune_cfg.get("sampler") or {}))
+def create_study(study_name: str, storage: str, tune_cfg: TuneConfig) -> optuna.Study:
+    sampler = optuna.samplers.TPESampler(**tune_cfg.sampler)
     return optuna.create_study(
         study_name=study_name,
         storage=storage,
         direction="maximize",
         sampler=sampler,
-        pruner=make_pruner(tune_cfg.get("pruner")),
+        pruner=make_pruner(tune_cfg.pruner),
         load_if_exists=True,
     )
 
 
-def trial_config(tune_cfg: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+def trial_config(tune_cfg: TuneConfig, params: Mapping[str, Any]) -> TrainConfig:
     """The full training config of one trial: base file ← tune overrides ← sampled params."""
-    base = load_config(tune_cfg.get("base_path"), tune_cfg.get("overrides") or {})
-    return load_config_from(base, params)
+    return load_config_from(TrainConfig.load(tune_cfg.base_path, tune_cfg.overrides), params)
 
 
-def configured_params(config: Mapping[str, Any], space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def configured_params(
+    config: TrainConfig | Mapping[str, Any], space: Mapping[str, SearchDimension | Mapping[str, Any]]
+) -> dict[str, Any]:
     """The training config's own values of the search space's keys, where they lie inside their distributions.
 
     A fresh study runs them first (``enqueue_trial``), so it shows the score its best trial has to beat. Keys the
@@ -117,37 +122,40 @@ def configured_params(config: Mapping[str, Any], space: Mapping[str, Mapping[str
     values = flat_params(config)  # the config's dotted keys, as the space names them
     params: dict[str, Any] = {}
     for key, spec in space.items():
+        d = _dimension(spec)
         value = values.get(key)
         if value is None:
             continue
-        if spec.get("type", "float") == "categorical":
-            if value in list(spec["choices"]):
+        if d.type == "categorical":
+            if value in list(d.choices or []):
                 params[key] = value
-        elif float(spec["low"]) <= float(value) <= float(spec["high"]):
-            params[key] = int(value) if spec.get("type") == "int" else float(value)
+        elif float(d.low) <= float(value) <= float(d.high):
+            params[key] = int(value) if d.type == "int" else float(value)
     return params
 
 
-def trial_seeds(config: Mapping[str, Any], tune_cfg: Mapping[str, Any]) -> list[int]:
+def trial_seeds(config: TrainConfig | Mapping[str, Any], tune_cfg: TuneConfig | Mapping[str, Any]) -> list[int]:
     """The fine-tune seeds of one trial: ``seed``, ``seed + 1``, … (``repeats`` of them, 1 by default).
 
     Each seed carves its own validation slice, so a trial scored on their mean is judged on more of the data and
     less on one slice's luck: a 60-trial study on one slice found a recipe 3.8 points better there that gained
     nothing beyond seed noise on the frozen split with a second pretrained body (docs/experiments.md).
     """
-    repeats = int(tune_cfg.get("repeats", 1))
+    repeats = int(tune_cfg.repeats if isinstance(tune_cfg, TuneConfig) else tune_cfg.get("repeats", 1))
     if repeats < 1:
         raise ConfigError(f"tune config: repeats must be 1 or more, got {repeats}")
-    return [int(config["seed"]) + r for r in range(repeats)]
+    seed = config.seed if isinstance(config, TrainConfig) else int(config["seed"])
+    return [seed + r for r in range(repeats)]
 
 
-def load_config_from(config: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    return apply_overrides(copy.deepcopy(dict(config)), params)
+def load_config_from(config: TrainConfig | Mapping[str, Any], params: Mapping[str, Any]) -> TrainConfig:
+    """``config`` with the dotted ``params`` set, validated."""
+    return TrainConfig.coerce(config).override(params)
 
 
 def write_best_params(params: Mapping[str, Any], path: Path | str, value: float | None = None) -> Path:
     """Write dotted best params as nested YAML that ``configs/train.yaml`` merges (``merge: [best_params.yaml]``)."""
-    nested = apply_overrides({}, {k: v for k, v in params.items()})
+    nested = apply_overrides({}, dict(params))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = "# Written by `ukr-hw tune` (best trial"
