@@ -166,7 +166,7 @@ def prepare(mnist_per_class: int | None = None, push: bool = True) -> dict[str, 
         "comnist_sessions": comnist_info["sessions"],
         "comnist_excluded": comnist_info["excluded"],  # Ё Ъ Ы Э: not Ukrainian letters
         # users' samples: in train, held out, rejected since their snapshot, unreadable by today's preprocessing
-        "feedback": {k: feedback_info[k] for k in ("train", "user_test", "rejected", "bad")},
+        "feedback": {k: feedback_info.get(k, 0) for k in ("train", "user_test", "rejected", "bad", "case_masked")},
         "data_version": version,
         "raw_version": versioning.raw_version(settings),
     }

@@ -337,6 +337,19 @@ def _fit_and_centre(crop: np.ndarray) -> np.ndarray:
     return out
 
 
+#: An ink box whose longer side spans at least this share of its frame fills it: the frame is a crop, not a sheet.
+FILLS_FRAME = 0.95
+
+
+def has_size_cue(ink: np.ndarray | tuple[float, float]) -> bool:
+    """Whether a glyph's ink box (``[ink_height, ink_width]``) tells how big the symbol was written.
+
+    A drawing on the sketchpad's sheet or a scan with margins leaves room around the ink, so its size says upper or
+    lower case; a crop cut to the ink fills its frame and shows only the shape.
+    """
+    return max(float(ink[0]), float(ink[1])) < FILLS_FRAME
+
+
 def preprocess(source: ImageSource) -> Glyph:
     """Any drawing or scan → :class:`Glyph` (28×28 MNIST-style pixels + relative ink box).
 

@@ -208,3 +208,26 @@ def test_unreadable_inputs_give_clear_errors(tmp_path):
         preprocess(np.zeros((4, 4, 7)))
     with pytest.raises(PreprocessError, match="cannot preprocess a int"):
         preprocess(42)  # type: ignore[arg-type]
+
+
+def test_size_cue_present_on_a_sheet_absent_in_a_crop() -> None:
+    """One rule decides whether a glyph's case may be trained on: a letter drawn on a sheet shows its size, the same
+    letter cut to a square around its ink does not (its longer side fills the frame)."""
+    from PIL import ImageDraw
+
+    from ukr_hw.preprocess import has_size_cue
+
+    sheet = Image.new("L", (400, 400), "white")
+    ImageDraw.Draw(sheet).line([(150, 120), (150, 300), (260, 300)], fill="black", width=14)  # an «L»-like stroke
+    drawn = preprocess(np.asarray(sheet))
+    assert has_size_cue(drawn.features)
+
+    ink = np.asarray(sheet) < 128
+    rows, cols = np.nonzero(ink)
+    crop = np.asarray(sheet)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    side = max(crop.shape)
+    square = np.full((side, side), 255, np.uint8)
+    square[: crop.shape[0], : crop.shape[1]] = crop
+    cropped = preprocess(square)
+    assert not has_size_cue(cropped.features)
+    assert _corr_up_to_shift(cropped.pixels, drawn.pixels) > 0.9  # same shape: only the size cue is gone

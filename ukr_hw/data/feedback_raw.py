@@ -237,6 +237,7 @@ def _empty_info(settings: Settings, rejected: int = 0) -> dict[str, Any]:
         "user_test": 0,
         "rejected": rejected,
         "bad": 0,
+        "case_masked": 0,  #: letters whose ink fills their frame (crops): their case label is not trained on
     }
 
 
@@ -283,13 +284,18 @@ def prep(settings: Settings) -> dict[str, Any]:
         for res in part
     ]
     rows: dict[str, list[tuple[Any, ...]]] = {role: [] for role in ROLES}
-    bad = 0
+    bad = no_size_cue = 0
     for record, res in zip(keep, results, strict=True):
         sid = record["sample_id"]
         try:
             if isinstance(res, str):
                 raise BadSample(f"the drawing cannot be preprocessed: {res}")
             y, case = labels_of(record)
+            if case >= 0 and not preprocess_module.has_size_cue(res[1]):
+                # a crop shows the letter's shape, not its size: its case label would teach the case head noise
+                # (benchmarks/case_crops.py), so it trains the symbol head only
+                case = labels.CASE_UNKNOWN
+                no_size_cue += 1
         except BadSample as exc:
             bad += 1
             log.warning("feedback sample %s left out of the prepared data: %s", sid, exc)
@@ -298,7 +304,13 @@ def prep(settings: Settings) -> dict[str, Any]:
         rows[role].append((res[0], y, case, res[1], sid))
     for role, out in zip(ROLES, outs, strict=True):
         save_samples(_samples(rows[role]), out)
-    info.update(train=len(rows["train"]), user_test=len(rows["user_test"]), rejected=len(rejected), bad=bad)
+    info.update(
+        train=len(rows["train"]),
+        user_test=len(rows["user_test"]),
+        rejected=len(rejected),
+        bad=bad,
+        case_masked=no_size_cue,
+    )
     stamps.write_stamp(cache, "feedback", key, info=info)
     return info
 
