@@ -75,6 +75,7 @@ same small recipe::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import subprocess
@@ -88,9 +89,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ukr_hw.ops.wait import NotReady, wait_until
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python benchmarks/loop.py`: flows/ is imported from the checkout
-    sys.path.insert(0, str(REPO))
 
 #: sessions larger than this share of CoMNIST's drawings are neither probes nor submitters (comnist.pick_sessions)
 MAX_SESSION_SHARE = 0.05
@@ -132,18 +133,23 @@ def run_retrain(via: str, timeout: float) -> None:
 
 def wait_served(api: Any, version: str, timeout: float = 300) -> bool:
     """Poll the API until it answers with model ``version``; False when it did not within ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if api.model_version() == version:
-            return True
-        time.sleep(0.5)
-    return False
+    try:  # an error of the API is no "not yet": it ends the benchmark
+        wait_until(
+            lambda: api.model_version() == version,
+            timeout=timeout,
+            what=f"v{version}",
+            interval=0.5,
+            fatal=(Exception,),
+        )
+    except NotReady:
+        return False
+    return True
 
 
 def newest_version(settings: Any) -> dict[str, Any] | None:
-    from ukr_hw import tracking
+    from ukr_hw import registry
 
-    return next(iter(tracking.list_versions(settings)), None)  # newest first
+    return next(iter(registry.list_versions(settings)), None)  # newest first
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -167,13 +173,13 @@ def form_accuracy(api, probes: list[bytes], symbol: str, upper: bool | None) -> 
 def frozen_accuracy(version: str | None) -> float | None:
     if version is None:
         return None
-    from ukr_hw import tracking
+    from ukr_hw import registry
 
-    return tracking.get_version_metrics(version).get("symbol_accuracy")
+    return registry.get_version_metrics(version).get("symbol_accuracy")
 
 
 def run_synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ukr_hw import labels, tracking
+    from ukr_hw import labels, registry
     from ukr_hw.api_client import ApiClient
     from ukr_hw.data.strokes import UNSEEN_FORMS
     from ukr_hw.feedback import FeedbackStore
@@ -192,7 +198,7 @@ def run_synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     api.wait_ready(timeout=60)
     probes = [drawing(args.symbol, upper, 10_000 + i, shape) for i in range(args.probes)]
     acc_before, served_before = form_accuracy(api, probes, args.symbol, upper)
-    old = tracking.champion_version(s)
+    old = registry.champion_version(s)
 
     store = FeedbackStore.from_settings(s)
     t0 = time.perf_counter()
@@ -201,16 +207,18 @@ def run_synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     t_submitted = time.perf_counter()
     run_retrain(args.via, args.timeout)
     t_retrained = time.perf_counter()
-    new = tracking.champion_version(s)
+    new = registry.champion_version(s)
     served_after: set[str] = served_before
     acc_after = acc_before
     if new != old:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+
+        def served_new() -> bool:  # every probe answered by the new champion (the last answers are kept)
+            nonlocal acc_after, served_after
             acc_after, served_after = form_accuracy(api, probes, args.symbol, upper)
-            if served_after == {new}:
-                break
-            time.sleep(1)
+            return served_after == {new}
+
+        with contextlib.suppress(NotReady):
+            wait_until(served_new, timeout=300, what=f"v{new} served", interval=1, fatal=(Exception,))
     t_served = time.perf_counter()
 
     shown = labels.display(args.symbol, upper)
@@ -354,6 +362,7 @@ class Submitted:
     confirmed: int = 0
     corrected: int = 0
     reread_as_letters: int = 0  #: read as a digit, asked again under the Letters choice
+    abstained: int = 0  #: refused as "not one symbol" (nothing stored: a person would draw it again)
     first_at: float | None = None  #: perf_counter of the first /predict
     cases: dict[str, int] = field(default_factory=lambda: defaultdict(int))  #: the case stored: upper / lower
 
@@ -361,6 +370,7 @@ class Submitted:
         self.confirmed += other.confirmed
         self.corrected += other.corrected
         self.reread_as_letters += other.reread_as_letters
+        self.abstained += other.abstained
         if other.first_at is not None:
             self.first_at = other.first_at if self.first_at is None else min(self.first_at, other.first_at)
         for k, v in other.cases.items():
@@ -392,11 +402,17 @@ def submit_writer(
             used = mode
             out = client.predict(sketch, used, api_name="/predict")
             symbol, case = _value(out[2]), _value(out[3])
+            if symbol is None:  # "not one symbol": the sketchpad refused it, as it would a person's scribble
+                done.abstained += 1
+                continue
             if labels.is_digit(symbol) and used != "letters":  # the case control is empty: say "Letters"
                 used = "letters"
                 out = client.predict(sketch, used, api_name="/predict")
                 symbol, case = _value(out[2]), _value(out[3])
                 done.reread_as_letters += 1
+                if symbol is None:
+                    done.abstained += 1
+                    continue
             if symbol == d.symbol:
                 client.predict(sketch, used, api_name="/confirm")
                 done.confirmed += 1
@@ -454,8 +470,9 @@ def _fmt(metrics: dict[str, float], key: str) -> str:
 
 
 def run_comnist(args: argparse.Namespace) -> int:
-    from ukr_hw import lineage, tracking
+    from ukr_hw import registry
     from ukr_hw.api_client import ApiClient
+    from ukr_hw.registry import lineage
     from ukr_hw.settings import get_settings
 
     s = get_settings()
@@ -466,10 +483,10 @@ def run_comnist(args: argparse.Namespace) -> int:
 
     api = ApiClient(s.api_url)
     api.wait_ready(timeout=60)
-    old = tracking.champion_version(s)
+    old = registry.champion_version(s)
     if old is None:
         raise BenchmarkError(f"the registry at {s.resolved_tracking_uri()} has no champion: train one first")
-    old_metrics = tracking.get_version_metrics(old, s)
+    old_metrics = registry.get_version_metrics(old, s)
     if "comnist_n" in old_metrics:
         raise BenchmarkError(
             f"the champion v{old} was trained and scored with CoMNIST (its frozen test has a comnist population): "
@@ -492,12 +509,12 @@ def run_comnist(args: argparse.Namespace) -> int:
 
     latest = newest_version(s)
     new = str(latest["version"]) if latest is not None and str(latest["version"]) != known_version else None
-    champion = tracking.champion_version(s)
+    champion = registry.champion_version(s)
     promoted = new is not None and champion == new
     served = wait_served(api, new, args.serve_timeout) if promoted else False
     t_served = time.perf_counter()
     after_any, after_letters, answering = probe_accuracy(api, probes, s.max_batch_images)
-    new_metrics = tracking.get_version_metrics(new, s) if new is not None else {}
+    new_metrics = registry.get_version_metrics(new, s) if new is not None else {}
 
     w = writers
     print(
@@ -508,7 +525,8 @@ def run_comnist(args: argparse.Namespace) -> int:
     cases = ", ".join(f"{k} {v}" for k, v in sorted(sent.cases.items()))
     print(
         f"  submitted: {sent.confirmed} confirmed, {sent.corrected} corrected ({sent.reread_as_letters} read as a "
-        f"digit and asked again under Letters); case stored as the model read it: {cases}"
+        f"digit and asked again under Letters; {sent.abstained} refused as not one symbol, not stored); "
+        f"case stored as the model read it: {cases}"
     )
     if new is None:
         print(f"  no new version registered: the retrain took nothing in (champion v{old})")
