@@ -25,7 +25,8 @@ def test_prepared_sizes_and_stratified_split(prepared_data):
     assert s["train"] + s["test"] == 916 + 500 + s["comnist"]
     assert 0.17 <= s["test"] / (s["train"] + s["test"]) <= 0.23
     assert s["mnist_train"] == TEST_MNIST_LIMIT and s["mnist_test"] == TEST_MNIST_LIMIT
-    assert s["feedback"] == {"train": 0, "user_test": 0, "rejected": 0, "bad": 0}  # no users' samples taken in yet
+    # no users' samples taken in yet
+    assert s["feedback"] == {"train": 0, "user_test": 0, "rejected": 0, "bad": 0, "case_masked": 0}
     assert s["raw_version"] and s["raw_version"] != s["data_version"]
     assert not (prepared_data.processed / "user_test.npz").exists()
     train = load_samples(prepared_data.processed / "finetune_train.npz")
