@@ -36,14 +36,15 @@ sends strokes. The layer keeps the drawing's own 28×28 (``--canvas``): the prep
 it up to the sketchpad's 560×560 invents a resampling (mean 8/255 per pixel after preprocessing; ``--canvas 560``
 measures that variant). Probes go to the API as the published files.
 
-Case: CoMNIST has no case labels, and neither the sketchpad nor the retrain can store a letter with "case unknown"
-(``/correct`` refuses a letter without a case; the retrain quarantines such a record). The benchmark invents no case:
-it keeps what the sketchpad pre-fills, the case the model read (``/confirm`` stores it; ``/correct`` is sent with the
-case control as the prediction left it). When the model read a letter as a digit (the case control is then empty),
-the "user" switches the choice to *Letters* and asks again, as a person would, and confirms or corrects that answer.
-So the case labels these samples carry are the model's own readings: they teach the case head nothing new, and the
-case accuracy of probe writers cannot be measured (no labels); the frozen populations' case accuracy shows whether
-they harmed it.
+Case: CoMNIST has no case labels, and the benchmark invents none. By default (``--case unsure``) a "user" says the
+symbol and "can't tell" for the case: every letter goes through ``/correct`` with the true symbol and the sketchpad's
+*can't tell* choice (a right reading counts as confirmed, a wrong one as corrected), so the sample trains the symbol
+head only, as the ingest does with CoMNIST. ``--case model`` keeps what the sketchpad pre-fills, the case the model
+read (``/confirm`` when the symbol is right), so the case labels are the model's own readings and the users' held-out
+case figure measures nothing (the champion agrees with itself). When the model read a letter as a digit (the case
+control is then empty), the "user" switches the choice to *Letters* and asks again, as a person would. The case
+accuracy of probe writers cannot be measured (no labels); the frozen populations' case accuracy shows whether the
+retrain harmed it.
 
 The base champion must not have seen CoMNIST, and neither may the retrain (which re-runs prepare on the worker):
 the stack is started with ``UKR_HW_COMNIST=false``, which its worker inherits. The benchmark refuses a champion
@@ -90,6 +91,7 @@ from pathlib import Path
 from typing import Any
 
 from ukr_hw.ops.wait import NotReady, wait_until
+from ukr_hw.ui.messages import UNSURE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -378,10 +380,17 @@ class Submitted:
 
 
 def submit_writer(
-    ui_url: str, drawings: Sequence[Any], address: str | None, mode: str, workdir: Path, canvas: int = CANVAS
+    ui_url: str,
+    drawings: Sequence[Any],
+    address: str | None,
+    mode: str,
+    workdir: Path,
+    canvas: int = CANVAS,
+    case_choice: str = "unsure",
 ) -> Submitted:
     """One writer's drawings through the sketchpad, as the browser sends them: one browser session (one
-    gradio_client), ``/predict`` each drawing, then ``/confirm`` or ``/correct`` with the true symbol."""
+    gradio_client), ``/predict`` each drawing, then ``/confirm`` or ``/correct`` with the true symbol; with
+    ``case_choice="unsure"`` a letter is always sent through ``/correct`` with "can't tell" as its case."""
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
@@ -413,11 +422,17 @@ def submit_writer(
                 if symbol is None:
                     done.abstained += 1
                     continue
-            if symbol == d.symbol:
+            unsure = case_choice == UNSURE and labels.has_case(d.symbol)
+            if unsure:  # the writer's case is not known: say the symbol, and "can't tell"
+                case = UNSURE
+                client.predict(sketch, d.symbol, case, used, api_name="/correct")
+            elif symbol == d.symbol:
                 client.predict(sketch, used, api_name="/confirm")
-                done.confirmed += 1
             else:
                 client.predict(sketch, d.symbol, case, used, api_name="/correct")
+            if symbol == d.symbol:
+                done.confirmed += 1
+            else:
                 done.corrected += 1
             done.cases[str(case)] += 1
     except AppError as exc:
@@ -431,7 +446,14 @@ def submit_writer(
 
 
 def submit_all(
-    ui_url: str, writers: Writers, mode: str, concurrency: int, forward: bool, workdir: Path, canvas: int = CANVAS
+    ui_url: str,
+    writers: Writers,
+    mode: str,
+    concurrency: int,
+    forward: bool,
+    workdir: Path,
+    canvas: int = CANVAS,
+    case_choice: str = "unsure",
 ) -> Submitted:
     """Every submitting session at once (``concurrency`` writers at a time), each as its own browser session and,
     with ``forward``, its own address (198.18.0.0/15, the benchmarking range, behind the trusted proxy)."""
@@ -439,12 +461,100 @@ def submit_all(
     for i, (session, drawings) in enumerate(writers.submitters.items()):
         address = f"198.18.{i // 250}.{i % 250 + 1}" if forward else None
         (workdir / session).mkdir(parents=True, exist_ok=True)
-        jobs.append(lambda ds=drawings, a=address, w=workdir / session: submit_writer(ui_url, ds, a, mode, w, canvas))
+        jobs.append(
+            lambda ds=drawings, a=address, w=workdir / session: submit_writer(
+                ui_url, ds, a, mode, w, canvas, case_choice
+            )
+        )
     total = Submitted()
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         for part in pool.map(lambda job: job(), jobs):
             total.add(part)
     return total
+
+
+#: the sketchpad's rate-limit settings the benchmark's own writers lift; the wrong-label sender faces their defaults
+LIMIT_VARS = ("UKR_HW_UI_SAVES_PER_SESSION", "UKR_HW_UI_SAVES_PER_ADDRESS", "UKR_HW_UI_PREDICTS_PER_ADDRESS")
+WRONG_ADDRESS = "198.19.255.66"  #: the one address the wrong labels come from (benchmarking range, forwarded)
+
+
+@dataclass
+class WrongLabels:
+    sent: int = 0
+    saved: int = 0
+    refused: int = 0  #: refused by a rate limit (the sketchpad's "Slow down, please")
+    seconds: float = 0.0
+    source: str | None = None  #: the address's source id, as the store records it
+
+
+def send_wrong_labels(drawings: Sequence[Any], workdir: Path, canvas: int = CANVAS) -> WrongLabels:
+    """One address sends each drawing through ``/correct`` with a wrong symbol, as fast as it can, each from a
+    fresh browser session (a fresh ``client_id``: a per-session limit alone stops nobody), to a sketchpad of its own
+    with the default rate limits (started here on a free port, on the same API and store, trusting the loopback
+    proxy's ``X-Forwarded-For``)."""
+    import os
+
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from ukr_hw import labels
+    from ukr_hw.feedback import source_id, source_salt
+    from ukr_hw.ops.ports import free_port
+    from ukr_hw.ops.processes import ManagedProcess
+    from ukr_hw.ops.wait import http_ok
+    from ukr_hw.settings import get_settings
+
+    letters = [sym for sym in labels.SYMBOLS if labels.has_case(sym)]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    ui = ManagedProcess(
+        "ui-default-limits",
+        [str(Path(sys.executable).parent / "ukr-hw"), "ui", "--port", str(port), "--host", "127.0.0.1"],
+        workdir / "ui.log",
+        cwd=REPO,
+        env={"UKR_HW_UI_TRUSTED_PROXIES": '["127.0.0.1"]'},
+    )
+    saved_env = {k: os.environ.pop(k) for k in LIMIT_VARS if k in os.environ}  # the child inherits the defaults
+    try:
+        ui.start()
+    finally:
+        os.environ.update(saved_env)
+    done = WrongLabels(source=source_id(WRONG_ADDRESS, source_salt(get_settings())))
+    try:
+        ui.wait_ready(lambda: http_ok(f"{url}/healthz"), timeout=180, what=url)
+        t0 = time.perf_counter()
+        for i, d in enumerate(drawings):
+            png = workdir / f"wrong-{i}.png"
+            png.write_bytes(sketch_layer(d.file, canvas))
+            sketch = {"background": None, "layers": [handle_file(str(png))], "composite": handle_file(str(png))}
+            sketch["id"] = None
+            wrong = letters[(letters.index(d.symbol) + 1 + i % (len(letters) - 1)) % len(letters)]
+            client = Client(url, verbose=False, download_files=False, headers={"X-Forwarded-For": WRONG_ADDRESS})
+            done.sent += 1
+            try:
+                client.predict(sketch, wrong, "upper", "any", api_name="/correct")
+                done.saved += 1
+            except AppError as exc:
+                if "Slow down" not in str(exc) and "limit" not in str(exc):
+                    raise BenchmarkError(f"the sketchpad refused a wrong label for another reason: {exc}") from exc
+                done.refused += 1
+            finally:
+                client.close()
+        done.seconds = time.perf_counter() - t0
+    finally:
+        ui.stop(timeout=20)
+    return done
+
+
+def reject_source(source: str) -> int:
+    """``ukr-hw feedback reject --source …`` (an address or a source id), the one command an operator runs;
+    returns how many it marked."""
+    cmd = [str(Path(sys.executable).parent / "ukr-hw"), "feedback", "reject", "--source", source]
+    cmd += ["--reason", "benchmarks/loop.py: deliberately wrong labels"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise BenchmarkError(f"`{' '.join(cmd[1:])}` failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return int(json.loads(proc.stdout.strip().splitlines()[-1])["count"])
 
 
 def probe_accuracy(api: Any, drawings: Sequence[Any], batch: int) -> tuple[float, float, set[str]]:
@@ -500,10 +610,15 @@ def run_comnist(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ukr-hw-loop-") as tmp:
         t_start = time.perf_counter()
         sent = submit_all(
-            ui_url, writers, args.ui_mode, args.concurrency, not args.no_forwarded, Path(tmp), args.canvas
+            ui_url, writers, args.ui_mode, args.concurrency, not args.no_forwarded, Path(tmp), args.canvas, args.case
         )
-    t0 = sent.first_at or t_start
-    t_submitted = time.perf_counter()
+        t0 = sent.first_at or t_start
+        t_submitted = time.perf_counter()
+        wrong = None
+        if args.wrong_labels:
+            used = set(writers.probes) | set(writers.submitters)
+            spare = [d for d in load_comnist(s) if d.session not in used][: args.wrong_labels]
+            wrong = send_wrong_labels(spare, Path(tmp), args.canvas)
     run_retrain(args.via, args.timeout)
     t_retrained = time.perf_counter()
 
@@ -526,7 +641,7 @@ def run_comnist(args: argparse.Namespace) -> int:
     print(
         f"  submitted: {sent.confirmed} confirmed, {sent.corrected} corrected ({sent.reread_as_letters} read as a "
         f"digit and asked again under Letters; {sent.abstained} refused as not one symbol, not stored); "
-        f"case stored as the model read it: {cases}"
+        f"case stored ({'the case control' if args.case == 'model' else 'can’t tell for letters'}): {cases}"
     )
     if new is None:
         print(f"  no new version registered: the retrain took nothing in (champion v{old})")
@@ -537,6 +652,23 @@ def run_comnist(args: argparse.Namespace) -> int:
             roles[row["role"]] += 1
         split = ", ".join(f"{k} {v}" for k, v in sorted(roles.items()))
         print(f"  retrain took in {len(taken)} of {w.submitted} samples ({split}): v{new}")
+    if wrong is not None:
+        from ukr_hw.feedback import FeedbackStore
+
+        store = FeedbackStore.from_settings(s)
+        theirs = {ref.sample_id for ref, _ in store.records(None, source=wrong.source)}
+        trained = {row["sample_id"] for row in lineage.samples_for_model_version(new, settings=s)} if new else set()
+        print(
+            f"  wrong labels from one address ({WRONG_ADDRESS}, a fresh session each, default limits): "
+            f"{wrong.sent} sent in {wrong.seconds:.0f} s, {wrong.saved} saved, {wrong.refused} refused by the rate "
+            f"limit; the retrain took in {len(theirs & trained)} of them"
+        )
+        marked = reject_source(WRONG_ADDRESS)
+        left = [r for _, r in store.records(None, source=wrong.source) if not r.get("rejected")]
+        print(
+            f"  `ukr-hw feedback reject --source {WRONG_ADDRESS}` marked {marked} rejected; "
+            f"{len(left)} of that source's samples left unmarked"
+        )
     print(
         f"  probe sessions, 43-way (API)        {before_any:.3f} → {after_any:.3f}  "
         f"({100 * (after_any - before_any):+.1f} points)"
@@ -599,6 +731,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--seed", type=int, default=23, help="chooses the sessions and their drawings")
     g.add_argument("--ui-url", default=None, help="the sketchpad (default: http://UKR_HW_UI_HOST:UKR_HW_UI_PORT)")
     g.add_argument("--ui-mode", choices=["any", "letters"], default="any", help="the Letters/Digits/Any choice")
+    g.add_argument(
+        "--wrong-labels",
+        type=int,
+        default=0,
+        help="after the writers, one address sends this many wrong labels to a sketchpad with the default limits",
+    )
+    g.add_argument(
+        "--case",
+        choices=["unsure", "model"],
+        default="unsure",
+        help="the case a letter is saved with: can't tell (default), or as the model read it",
+    )
     g.add_argument("--concurrency", type=int, default=4, help="writers drawing at once")
     g.add_argument("--canvas", type=int, default=CANVAS, help="side of the sketch layer (28: CoMNIST's own)")
     g.add_argument(

@@ -165,7 +165,10 @@ def _feedback_row(ref, record: dict) -> dict:
     return {
         "id": ref.sample_id,
         "symbol": record.get("symbol"),
-        "case": None if upper is None else ("upper" if upper else "lower"),
+        # a letter saved as "can't tell" has no case: "unknown"; a digit has none to tell: null
+        "case": ("unknown" if record.get("case_known") is False else None)
+        if upper is None
+        else ("upper" if upper else "lower"),
         "mode": record.get("mode"),
         "client": record.get("client_id"),
         "source": record.get("source"),

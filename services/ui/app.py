@@ -27,7 +27,7 @@ from ukr_hw.ui import actions as act
 from ukr_hw.ui.about import about_text, missing_uppercase
 from ukr_hw.ui.assets import CSS, SELECT_BRUSH_JS, SYSTEM_FONTS
 from ukr_hw.ui.limits import forwarded_allow, request_address
-from ukr_hw.ui.messages import HEAD_TEXT, LOWER, MODE_CHOICES, UPPER, UserError, count_text, result_html
+from ukr_hw.ui.messages import CASE_CHOICES, HEAD_TEXT, MODE_CHOICES, UserError, count_text, result_html
 from ukr_hw.ui.sheet import CANVAS, blank_canvas, guide_lines
 
 __all__ = ["CANVAS", "blank_canvas", "build_app", "guide_lines", "health", "launch", "missing_uppercase"]
@@ -164,7 +164,7 @@ def build_app(api_url: str | None = None, store: FeedbackStore | None = None, se
                         symbol = gr.Radio(
                             choices, label="Symbol", show_label=False, elem_id="ukr-symbols", container=True
                         )
-                        case = gr.Radio([("lowercase", LOWER), ("UPPERCASE", UPPER)], label="Case", elem_id="ukr-case")
+                        case = gr.Radio(CASE_CHOICES, label="Case", elem_id="ukr-case")
                         fix = gr.Button("Save the correction", elem_id="ukr-correct")
                     count = gr.Markdown(count_text(0), elem_id="ukr-count")
             with gr.Tab("About", id="about"):

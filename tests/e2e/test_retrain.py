@@ -455,6 +455,9 @@ def test_bad_record_reasons() -> None:
         sample_from_record(png, {"symbol": "5", "is_uppercase": True})
     with pytest.raises(BadSample, match="without a case"):
         sample_from_record(png, {"symbol": "ю", "is_uppercase": None})
+    # a letter whose writer said "can't tell" trains the symbol only (case masked)
+    _, y, case, _ = sample_from_record(png, {"symbol": "ю", "is_uppercase": None, "case_known": False})
+    assert (y, case) == (index_of("ю"), -2)
     with pytest.raises(BadSample, match="unknown symbol"):
         sample_from_record(png, {"symbol": "Q", "is_uppercase": True})
     # roles are a stable function of the id, near the asked share

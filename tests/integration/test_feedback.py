@@ -122,6 +122,21 @@ def test_invalid_submissions_are_refused_with_a_message(store: FeedbackStore, im
     assert store.list_since(None) == []
 
 
+def test_a_letter_whose_case_is_not_known(store: FeedbackStore):
+    """A letter saved with case_known false has no case (is_uppercase null, stored so); a case sent with it is
+    refused, and an old record (no case_known field) reads as case known."""
+    sid = store.save(letter_png(), "г", None, case_known=False)
+    ((ref, record),) = [(r, store.read(r)[1]) for r in store.list_since(None)]
+    assert ref.sample_id == sid and record["is_uppercase"] is None and record["case_known"] is False
+    assert json.loads(store.backend.get(ref.json_key))["case_known"] is False
+    with pytest.raises(InvalidSample, match="case_known false"):
+        store.save(letter_png(), "г", True, case_known=False)
+    old = json.loads(store.backend.get(ref.json_key))
+    del old["case_known"]
+    store.backend.put(ref.json_key, json.dumps(old).encode(), "application/json")
+    assert store.read(ref)[1]["case_known"] is True
+
+
 def test_the_mode_is_recorded_and_old_records_read_as_any(store: FeedbackStore):
     """The letters-only / digits-only choice the prediction was made under travels with the sample; a record
     written before the field existed reads as "any"."""

@@ -19,7 +19,7 @@ from ukr_hw.settings import get_settings
 from ukr_hw.ui import about, messages
 from ukr_hw.ui.actions import Actions, Reading, case_shown, health, session
 from ukr_hw.ui.limits import Limits, forwarded_allow, request_address
-from ukr_hw.ui.messages import LOWER, UPPER, UserError
+from ukr_hw.ui.messages import LOWER, UNSURE, UPPER, UserError
 from ukr_hw.ui.ratelimit import Limit, RateLimiter
 from ukr_hw.ui.sheet import CANVAS, PAPER, blank_canvas, guide_lines
 
@@ -251,6 +251,24 @@ def test_correct_needs_a_symbol_and_a_case_for_a_letter(api, store):
         ("д", False, "any", None),
     ]
     assert state["count"] == 2
+
+
+def test_cant_tell_saves_a_letter_without_a_case(api, store):
+    """The "can't tell" choice stores the letter with no case (case_known false): it trains the symbol head only."""
+    from ukr_hw import labels
+    from ukr_hw.data.feedback_raw import labels_of
+
+    actions, state = _actions(api.url, store), session(None)
+    saved = actions.correct(_sketch("о", False), "о", UNSURE, "letters", state, None)
+    assert (saved.symbol, saved.is_uppercase) == ("о", None)
+    assert saved.info == "Saved the correction “о (case not said)” — thank you!"
+    actions.correct(_sketch("7", None), "7", UNSURE, "digits", state, None)  # a digit: nothing to tell
+    records = {r["symbol"]: r for r in _records(store)}
+    assert (records["о"]["is_uppercase"], records["о"]["case_known"]) == (None, False)
+    assert (records["7"]["is_uppercase"], records["7"]["case_known"]) == (None, True)
+    assert labels_of(records["о"]) == (labels.index_of("о"), labels.CASE_UNKNOWN)
+    assert labels_of(records["7"]) == (labels.index_of("7"), labels.CASE_NONE)
+    assert UNSURE in [value for _, value in messages.CASE_CHOICES]
 
 
 def test_a_refused_save_stores_nothing_and_empty_canvases_are_refused(api, store):

@@ -67,7 +67,10 @@ def role_of(sample_id: str, fraction: float) -> str:
 
 
 def labels_of(record: Mapping[str, Any]) -> tuple[int, int]:
-    """``(class index, case target)`` of a feedback record; :class:`BadSample` says what is wrong with its label."""
+    """``(class index, case target)`` of a feedback record; :class:`BadSample` says what is wrong with its label.
+
+    A letter whose writer did not say its case (``case_known`` false, ``is_uppercase`` null) gets
+    ``labels.CASE_UNKNOWN``: it trains the symbol head only."""
     try:
         symbol = labels.normalize_symbol(record.get("symbol"))
     except (labels.UnknownSymbolError, TypeError, AttributeError) as exc:
@@ -76,6 +79,8 @@ def labels_of(record: Mapping[str, Any]) -> tuple[int, int]:
     if labels.is_digit(symbol):
         if upper is not None:
             raise BadSample(f"digit {symbol!r} recorded with is_uppercase={upper!r}; digits have no case")
+    elif upper is None and record.get("case_known") is False:
+        return labels.index_of(symbol), labels.CASE_UNKNOWN
     elif not isinstance(upper, bool):
         raise BadSample(f"letter {symbol!r} recorded without a case (is_uppercase={upper!r})")
     return labels.index_of(symbol), labels.case_target(symbol, upper)
@@ -259,7 +264,7 @@ def prep(settings: Settings) -> dict[str, Any]:
             "`dvc pull data/raw.dvc` (or `dvc checkout`)."
         )
     key = stamps.digest(
-        [[r["sample_id"], r.get("symbol"), r.get("is_uppercase"), r.get("role")] for r in records],
+        [[r["sample_id"], r.get("symbol"), r.get("is_uppercase"), r.get("case_known"), r.get("role")] for r in records],
         sorted(rejected),
         stamps.files_digest(pngs),
         preprocess_module,

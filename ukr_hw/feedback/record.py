@@ -53,6 +53,9 @@ REQUIRED_FIELDS = (
 OPTIONAL_FIELDS: dict[str, Any] = {
     "mode": DEFAULT_MODE,  # the restriction the prediction was made under: "any", "letters" or "digits"
     "source": None,  # salted hash of the sender's address (source_id); None: unknown (older records, scripts)
+    # False: a letter whose writer did not say its case ("can't tell" in the sketchpad; is_uppercase null): it
+    # trains the symbol head only, like a CoMNIST drawing
+    "case_known": True,
 }
 
 

@@ -44,9 +44,17 @@ class Saving:
     _flush_lock: threading.Lock
 
     def validate(
-        self, image_bytes: bytes, symbol: str, is_uppercase: bool | None, predicted_symbol: str | None = None
+        self,
+        image_bytes: bytes,
+        symbol: str,
+        is_uppercase: bool | None,
+        predicted_symbol: str | None = None,
+        case_known: bool = True,
     ) -> tuple[bytes, Image.Image, str, bool | None, str | None]:
-        """Check a submission; returns ``(png_bytes, image, symbol, is_uppercase, predicted_symbol)`` normalised."""
+        """Check a submission; returns ``(png_bytes, image, symbol, is_uppercase, predicted_symbol)`` normalised.
+
+        A letter needs its case (``is_uppercase`` true or false), unless ``case_known`` is false: then the writer
+        did not say it and ``is_uppercase`` must be null."""
         s = self.settings
         if not isinstance(image_bytes, bytes | bytearray) or not image_bytes:
             raise InvalidSample("no image was sent: draw a letter or digit first.")
@@ -78,8 +86,17 @@ class Saving:
         if labels.is_digit(symbol):
             if is_uppercase is not None:
                 raise InvalidSample(f"digit {symbol!r} has no upper- or lowercase: send is_uppercase = null.")
+        elif not case_known:
+            if is_uppercase is not None:
+                raise InvalidSample(
+                    f"letter {symbol!r} sent with is_uppercase={is_uppercase!r} and case_known false: send "
+                    "is_uppercase = null when the case is not known, or case_known true with the case."
+                )
         elif not isinstance(is_uppercase, bool):
-            raise InvalidSample(f"letter {symbol!r} needs is_uppercase true or false: say which case you drew.")
+            raise InvalidSample(
+                f"letter {symbol!r} needs is_uppercase true or false: say which case you drew "
+                "(or case_known false when you can't tell)."
+            )
         if img.format == "PNG":
             png = bytes(image_bytes)
         else:
@@ -99,10 +116,13 @@ class Saving:
         client_id: str | None = None,
         mode: str | None = DEFAULT_MODE,
         source: str | None = None,
+        case_known: bool = True,
     ) -> str:
         """Validate and store one sample; returns its ``sample_id``. Raises :class:`InvalidSample`.
 
         ``source`` identifies where the sample came from (the UI passes :func:`source_id` of the sender's address).
+        ``case_known=False`` stores a letter whose writer did not say its case (``is_uppercase`` null): it trains
+        the symbol head only.
 
         ``mode`` is the restriction the prediction was made under (``"any"``, ``"letters"`` or ``"digits"``, see
         :func:`ukr_hw.inference.restrict`). PNG first, JSON record last. If S3 is unreachable the sample goes to
@@ -112,7 +132,9 @@ class Saving:
             mode = parse_mode(mode)
         except InvalidModeError as exc:
             raise InvalidSample(str(exc)) from exc
-        png, img, symbol, is_uppercase, predicted = self.validate(image_bytes, symbol, is_uppercase, predicted_symbol)
+        png, img, symbol, is_uppercase, predicted = self.validate(
+            image_bytes, symbol, is_uppercase, predicted_symbol, case_known
+        )
         now = datetime.now(UTC)
         sample_id = new_sample_id(now)
         record = {
@@ -128,6 +150,7 @@ class Saving:
             "created_at": now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "client_id": client_id,
             "source": source,
+            "case_known": bool(case_known) or labels.is_digit(symbol),
             "schema_version": SCHEMA_VERSION,
             "image_sha256": hashlib.sha256(png).hexdigest(),
             "image_width": img.width,

@@ -26,6 +26,7 @@ from ukr_hw.ui.limits import Limits
 from ukr_hw.ui.messages import (
     EMPTY_CANVAS,
     LOWER,
+    UNSURE,
     UPPER,
     UserError,
     case_choice,
@@ -193,8 +194,9 @@ class Actions:
         state: dict[str, Any],
         address: str | None,
     ) -> Saved:
-        """The reading was wrong: save the drawing with the symbol (and ``case``, LOWER or UPPER, for a letter) the
-        user picked (and the mode the reading was made under)."""
+        """The reading was wrong: save the drawing with the symbol (and ``case``, LOWER, UPPER or UNSURE, for a
+        letter) the user picked (and the mode the reading was made under). UNSURE ("can't tell") saves a letter
+        without a case: it trains the symbol head only."""
         mode = read_mode(mode)
         png = drawing(sketch)
         if not symbol:
@@ -203,13 +205,18 @@ class Actions:
             symbol = labels.normalize_symbol(symbol)
         except labels.UnknownSymbolError as exc:
             raise UserError(str(exc), "Unknown symbol") from exc
+        case_known = True
         if labels.is_digit(symbol):
             upper = None
         elif case in (UPPER, LOWER):
             upper = case == UPPER
+        elif case == UNSURE:
+            upper, case_known = None, False
         else:
-            raise UserError(f"Say whether your “{symbol}” is UPPERCASE or lowercase.", "Which case?")
-        return self._save(png, symbol, upper, mode, state, "Saved the correction", address)
+            raise UserError(
+                f"Say whether your “{symbol}” is UPPERCASE or lowercase (or that you can't tell).", "Which case?"
+            )
+        return self._save(png, symbol, upper, mode, state, "Saved the correction", address, case_known)
 
     def _save(
         self,
@@ -220,6 +227,7 @@ class Actions:
         state: dict[str, Any],
         verb: str,
         address: str | None,
+        case_known: bool = True,
     ) -> Saved:
         last = state.get("last") or {}
         checks = self.limits.take_save(state["client_id"], address)
@@ -235,6 +243,7 @@ class Actions:
                 # the restriction the prediction was read under; the chosen one when nothing was recognised
                 mode=last.get("mode") or mode,
                 source=self.limits.source(address),
+                case_known=case_known,
             )
         except InvalidSample as exc:
             self.limits.release(checks)  # nothing was stored: it does not count
@@ -244,7 +253,7 @@ class Actions:
             raise
         state["count"] += 1
         state["last"] = None
-        shown = labels.display(symbol, is_uppercase)
+        shown = labels.display(symbol, is_uppercase) + ("" if case_known else " (case not said)")
         spooled = self.store.pending()
         if spooled:
             self.flusher.wake()

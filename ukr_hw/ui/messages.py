@@ -9,7 +9,9 @@ from typing import Any
 from ukr_hw import labels
 from ukr_hw.ui.ratelimit import Refusal, describe_span, describe_wait
 
-LOWER, UPPER = "lower", "upper"  #: the case choice's values
+LOWER, UPPER, UNSURE = "lower", "upper", "unsure"  #: the case choice's values (UNSURE: "can't tell")
+#: The case choice: (shown, value). "Can't tell" saves the letter without a case: it teaches the symbol only.
+CASE_CHOICES = [("lowercase", LOWER), ("UPPERCASE", UPPER), ("can't tell", UNSURE)]
 #: The restriction choice: (shown, value); the values are ukr_hw.inference.MODES, the default is Any.
 MODE_CHOICES = [("Letters", "letters"), ("Digits", "digits"), ("Any", "any")]
 MODE_NOTE = {"letters": "letters only", "digits": "digits only"}
