@@ -18,6 +18,10 @@ listening socket and run plain asyncio, whose accept loop takes up to ``backlog`
 wake-up: a burst of new connections (32 benchmark clients, a proxy's pool) all landed in the worker that woke first
 and stayed there, leaving the other worker idle (measured: 0.01 ms CPU per request in one, 6 ms in the other, and
 ~185 instead of ~285 req/s). Taking one connection per wake-up lets every idle worker take its share.
+No supported mechanism replaces it: BentoML 1.4 passes its HTTP workers one circus socket by file descriptor and
+offers ``SO_REUSEPORT`` only for gRPC. Re-measured on December 4 (``benchmarks/serving.py --concurrency 1 32``, 2-core
+machine, alternating runs): 188-225 req/s at 32 clients with it, 140-182 without (3.6x against 2.2-3.0x the naive
+server).
 
 :func:`cache_mime_types` memoises the media type of each API's output model. BentoML recomputes it for every
 response by generating the model's whole JSON schema (py-spy: a fifth of the model service's busy time at one
