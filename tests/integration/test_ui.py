@@ -224,6 +224,11 @@ def test_the_letters_digits_choice_is_applied_and_stored(running: Running, tmp_p
     (record,) = new_records()
     assert (record["symbol"], record["mode"], record["predicted_symbol"]) == ("7", "digits", None)
 
+    # "can't tell": a letter saved without a case (it trains the symbol head only)
+    client.predict(_sketch(png), "г", "unsure", "letters", api_name="/correct")
+    (record,) = new_records()
+    assert (record["symbol"], record["is_uppercase"], record["case_known"]) == ("г", None, False)
+
 
 def test_clear_messages_for_bad_requests(running: Running, tmp_path):
     from gradio_client.exceptions import AppError
