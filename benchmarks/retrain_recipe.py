@@ -1,10 +1,18 @@
 """Retraining from the champion: does the new model learn users' own forms, and does it pass the promotion gate?
 
     nice .venv/bin/python benchmarks/retrain_recipe.py [--form 4-open --samples 40 --probes 40] [--seeds 42 1 2]
+    nice .venv/bin/python benchmarks/retrain_recipe.py --population comnist [--samples 1000 --writers-seed 23]
 
-1. Users teach a form that the generator's writers never draw (``strokes.UNSEEN_FORMS``; by default a «4» with
-   an open top, which the champion reads as «ч» two times in three): ``--samples`` sketchpad drawings by unseen
-   writers, confirmed as feedback.
+1. The users (``--population``):
+   - *form* (the default): users teach a form that the generator's writers never draw (``strokes.UNSEEN_FORMS``;
+     by default a «4» with an open top, which the champion reads as «ч» two times in three): ``--samples``
+     sketchpad drawings by unseen writers, confirmed as feedback.
+   - *comnist*: real other writers, as ``benchmarks/loop.py --population comnist`` chooses them (the same
+     sessions for the same ``--samples``, ``--probe-sessions``, ``--per-writer`` and ``--writers-seed``): the
+     submitting sessions' drawings, case not said, are the feedback (less the share a retrain holds out as users'
+     drawings, by the same hash of the id), and the probe sessions are scored. The loop without the servers: a
+     quick way to compare retrain recipes on real writers. Needs a champion that never saw CoMNIST (prepare and
+     train with ``UKR_HW_COMNIST=false``) and ``UKR_HW_DATA_MIRROR``.
 2. The retrain flow's fine-tune (``ukr_hw.retraining.finetune_from_champion``), in a copy of the prepared data with
    the feedback among the training glyphs, once per seed and recipe:
    - *retrain section*: the champion's weights with the config's ``retrain`` keys over ``finetune``. This is what
@@ -20,6 +28,7 @@ Prints one row per model and, per recipe, the mean and how many models the gate 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from ukr_hw import registry
-from ukr_hw.data.arrays import Samples
+from ukr_hw.data.arrays import Samples, load_samples
+from ukr_hw.data.split import TEST_FILE
 from ukr_hw.data.strokes import UNSEEN_FORMS, render_stroke_glyphs
 from ukr_hw.model.evaluate import Outcomes, predict_samples
-from ukr_hw.model.heldout import cached_sets, data_with_feedback, score
+from ukr_hw.model.heldout import cached_sets, data_with_feedback, real_sets, score
 from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_from_champion
 from ukr_hw.settings import Settings, get_settings
 
@@ -47,10 +57,16 @@ def form_drawings(settings: Settings, form: str, n: int, seed: int, source: str)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--population", choices=["form", "comnist"], default="form", help="who the users are")
     ap.add_argument("--form", default="4-open", choices=sorted(UNSEEN_FORMS))
-    ap.add_argument("--samples", type=int, default=40, help="drawings of the form confirmed as feedback")
+    ap.add_argument(
+        "--samples", type=int, default=None, help="drawings confirmed as feedback (default 40 form, 1000 comnist)"
+    )
     ap.add_argument("--probes", type=int, default=40, help="drawings of the form by other writers, scored")
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="retrain seeds")
+    ap.add_argument("--probe-sessions", type=int, default=20, help="comnist: sessions held out as probes")
+    ap.add_argument("--per-writer", type=int, default=40, help="comnist: most drawings one session gives")
+    ap.add_argument("--writers-seed", type=int, default=23, help="comnist: chooses the sessions (loop.py's --seed)")
     ap.add_argument("--sets-cache", type=Path, default=REPO / "data/cache/recipe-sets")
     ap.add_argument(
         "--variant",
@@ -68,10 +84,23 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     champion = registry.load_champion_net(settings)
-    feedback = form_drawings(settings, args.form, args.samples, 3000, FEEDBACK_SOURCE)
-    probes = form_drawings(settings, args.form, args.probes, 5000, "probe")
-    sets = {"new form": probes, **cached_sets(settings, args.sets_cache)}
-    names = list(sets)
+    users = None
+    if args.population == "comnist":
+        samples = args.samples or 1000
+        feedback, probes, users = comnist_users(
+            settings, samples, args.probe_sessions, args.per_writer, args.writers_seed
+        )
+        what = f"{len(feedback)} CoMNIST drawings ({samples} submitted, {len(users)} held out as users')"
+        sets = {"probe writers": probes, "users-heldout": users, **real_sets(settings)}
+    else:
+        samples = args.samples or 40
+        feedback = form_drawings(settings, args.form, samples, 3000, FEEDBACK_SOURCE)
+        probes = form_drawings(settings, args.form, args.probes, 5000, "probe")
+        what = f"{samples} drawings of the form «{args.form}»"
+        sets = {"new form": probes, **cached_sets(settings, args.sets_cache)}
+    if "finetune-test" not in sets:
+        sets["finetune-test"] = load_samples(settings.processed_dir / TEST_FILE)
+    names = [n for n in sets if n != "finetune-test"]
 
     def scores(net) -> dict[str, dict]:
         out = {}
@@ -82,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     def line(r: dict[str, dict]) -> str:
-        return "  ".join(f"{n} {r[n]['symbol_accuracy']:.3f}/{r[n]['case_accuracy']:.3f}" for n in names)
+        return "  ".join(f"{n} {_figures(r[n])}" for n in names)
 
     base = scores(champion)
     print(f"champion v{registry.champion_version(settings)}: {line(base)}\n", flush=True)
@@ -98,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 r = scores(trained["net"])
                 gate = registry.decide_promotion(
-                    r["finetune-test"]["outcomes"], base["finetune-test"]["outcomes"], settings.promotion_alpha
+                    r["finetune-test"]["outcomes"],
+                    base["finetune-test"]["outcomes"],
+                    settings.promotion_alpha,
+                    users=(r["users-heldout"]["outcomes"], base["users-heldout"]["outcomes"]) if users else None,
                 )
                 promote, why = gate.promote, gate.reason
                 was, now = base["finetune-test"]["right"], r["finetune-test"]["right"]
@@ -111,17 +143,47 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
 
-    print(f"\n{args.samples} drawings of the form «{args.form}» as feedback, mean over seeds {args.seeds}:")
+    print(f"\n{what} as feedback, mean over seeds {args.seeds}:")
     for name, rs in rows.items():
-        mean = {
-            n: {k: float(np.mean([r[n][k] for r in rs])) for k in ("symbol_accuracy", "case_accuracy")} for n in names
-        }
+        mean = {n: {k: float(np.mean([r[n][k] for r in rs])) for k in FIGURES} for n in names}
         fixed, broken = sum(r["fixed"] for r in rs), sum(r["broken"] for r in rs)
         print(
             f"  {name:16} promoted {sum(r['promote'] for r in rs)} of {len(rs)}, frozen glyphs fixed {fixed}, "
             f"broken {broken}:  {line(mean)}"
         )
     return 0
+
+
+FIGURES = ("symbol_accuracy", "letters_only_accuracy", "case_accuracy")
+
+
+def _figures(r: dict) -> str:
+    """symbol (letters-only when the set holds letters) / case (when it has case labels)."""
+    out = f"{r['symbol_accuracy']:.3f}"
+    if np.isfinite(r["letters_only_accuracy"]) and r["letters_only_accuracy"] != r["symbol_accuracy"]:
+        out += f" (letters-only {r['letters_only_accuracy']:.3f})"
+    if np.isfinite(r["case_accuracy"]):
+        out += f"/{r['case_accuracy']:.3f}"
+    return out
+
+
+def comnist_users(
+    settings: Settings, samples: int, probe_sessions: int, per_writer: int, seed: int
+) -> tuple[Samples, Samples, Samples]:
+    """(feedback, probes, users' held-out drawings): the sessions ``benchmarks/loop.py`` would choose, each drawing
+    through the ingest's ``preprocess`` path; the submitted ones as feedback (case unknown), split by
+    :func:`ukr_hw.data.feedback_raw.role_of` as a retrain splits them."""
+    from loop import choose_writers, load_comnist
+
+    from ukr_hw.data import comnist
+    from ukr_hw.data.feedback_raw import role_of
+
+    writers = choose_writers(load_comnist(settings), probe_sessions, samples, per_writer, seed)
+    submitted, _ = comnist.prep([d for ds in writers.submitters.values() for d in ds])
+    submitted = dataclasses.replace(submitted, source=np.full(len(submitted), FEEDBACK_SOURCE))
+    probes, _ = comnist.prep(writers.probe_drawings)
+    held = np.array([role_of(str(i), settings.user_test_fraction) == "user_test" for i in submitted.id], bool)
+    return submitted.subset(np.flatnonzero(~held)), probes, submitted.subset(np.flatnonzero(held))
 
 
 if __name__ == "__main__":
