@@ -41,7 +41,7 @@ from ukr_hw.data.split import TEST_FILE
 from ukr_hw.data.strokes import UNSEEN_FORMS, render_stroke_glyphs
 from ukr_hw.model.evaluate import Outcomes, predict_samples
 from ukr_hw.model.heldout import cached_sets, data_with_feedback, real_sets, score
-from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_from_champion
+from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_from_champion, role_of
 from ukr_hw.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ FIGURES = ("symbol_accuracy", "letters_only_accuracy", "case_accuracy")
 
 
 def _figures(r: dict) -> str:
-    """symbol (letters-only when the set holds letters) / case (when it has case labels)."""
+    """symbol accuracy, letters-only beside it where it differs, / case where the set has case labels."""
     out = f"{r['symbol_accuracy']:.3f}"
     if np.isfinite(r["letters_only_accuracy"]) and r["letters_only_accuracy"] != r["symbol_accuracy"]:
         out += f" (letters-only {r['letters_only_accuracy']:.3f})"
@@ -172,11 +172,10 @@ def comnist_users(
 ) -> tuple[Samples, Samples, Samples]:
     """(feedback, probes, users' held-out drawings): the sessions ``benchmarks/loop.py`` would choose, each drawing
     through the ingest's ``preprocess`` path; the submitted ones as feedback (case unknown), split by
-    :func:`ukr_hw.data.feedback_raw.role_of` as a retrain splits them."""
+    :func:`ukr_hw.retraining.role_of` as a retrain splits them."""
     from loop import choose_writers, load_comnist
 
     from ukr_hw.data import comnist
-    from ukr_hw.data.feedback_raw import role_of
 
     writers = choose_writers(load_comnist(settings), probe_sessions, samples, per_writer, seed)
     submitted, _ = comnist.prep([d for ds in writers.submitters.values() for d in ds])
