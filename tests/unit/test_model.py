@@ -499,6 +499,44 @@ def test_finetune_rejects_a_member_count_below_one_and_callbacks_on_an_ensemble(
         finetune(config, callbacks=[object()])
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_overfit_one_batch_through_the_trainer_in_either_precision(precision):
+    """Lightning's fit in ``trainer.precision`` learns one batch and leaves float32 weights: bfloat16 is only the
+    training arithmetic, never what is saved or served."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ukr_hw.training.config import TrainConfig
+    from ukr_hw.training.trainer import make_trainer, resolve_precision
+
+    assert resolve_precision(precision) == precision
+    assert resolve_precision("auto") in ("32-true", "bf16-mixed")
+    s = make_samples(1, seed=7)
+    data = TensorDataset(*(torch.from_numpy(a) for a in (s.x, s.ink, s.y, s.case.astype(np.int64))))
+    net = build_network({"width": 8, "hidden": 64, "dropout": 0.0})
+    lit = LitUkrHw(net, optim={"lr": 3e-3, "label_smoothing": 0.0, "schedule": "constant"}, augment=None)
+    cfg = TrainConfig.coerce(load_config(None, {"trainer.progress": "false", "trainer.precision": precision}))
+    make_trainer(cfg, max_epochs=150).fit(lit, DataLoader(data, batch_size=len(data)))
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    net.eval()
+    with torch.no_grad():
+        sym, c = net(to_input(data.tensors[0]), data.tensors[1])
+    y, case = data.tensors[2], data.tensors[3]
+    assert (sym.argmax(1) == y).float().mean() >= 0.95
+    letters = case >= 0
+    assert ((c[letters] > 0).long() == case[letters]).float().mean() >= 0.9
+
+
+def test_pretrain_cache_key_follows_the_training_precision():
+    from ukr_hw.training.pretrain import pretrain_key
+    from ukr_hw.training.trainer import resolve_precision
+
+    def key(precision: str) -> str:
+        return pretrain_key(load_config(None, {"trainer.precision": precision}), "digest")
+
+    assert key("32-true") != key("bf16-mixed")
+    assert key("auto") == key(resolve_precision("auto"))  # a body is cached by the arithmetic it was trained in
+
+
 def test_pretrain_cache_hit_skips_training(tmp_path, monkeypatch):
     write_tiny_processed(tmp_path / "data" / "processed", mnist_per_class=8)
     settings = get_settings(root=tmp_path, torch_threads=1)

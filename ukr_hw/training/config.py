@@ -114,6 +114,10 @@ class TrainerSection(Section):
     accelerator: str = "cpu"
     progress: bool = True
     max_time_s: Number | None = None  #: stop a fit after this many seconds (None: no limit)
+    #: Lightning's ``precision`` for training (evaluation and serving stay float32). ``auto``: ``bf16-mixed``
+    #: where the CPU computes bfloat16 natively (AVX512-BF16 or AMX), else ``32-true``
+    #: (:func:`ukr_hw.training.trainer.resolve_precision`)
+    precision: Literal["auto", "32-true", "bf16-mixed"] = "auto"
 
 
 #: ``pretrain.augment`` defaults: gentler than fine-tuning's (MNIST digits)

@@ -24,7 +24,7 @@ from ukr_hw.model.evaluate import evaluate
 from ukr_hw.model.network import UkrHwNet, build_network
 from ukr_hw.settings import Settings, get_settings
 from ukr_hw.training.config import TrainConfig
-from ukr_hw.training.trainer import make_trainer, optim_settings, seed_everything, setup_torch
+from ukr_hw.training.trainer import make_trainer, optim_settings, resolve_precision, seed_everything, setup_torch
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class PretrainResult:
 
 
 def pretrain_key(config: TrainConfig | Mapping[str, Any], mnist_digest: str) -> str:
-    """The cache key: the MNIST digest, ``net``, ``pretrain`` and ``seed``."""
+    """The cache key: the MNIST digest, ``net``, ``pretrain``, ``seed`` and the training precision (resolved)."""
     cfg = TrainConfig.coerce(config)
     relevant = {
         "net": cfg.net.model_dump(),
@@ -61,6 +61,9 @@ def pretrain_key(config: TrainConfig | Mapping[str, Any], mnist_digest: str) -> 
         "seed": cfg.seed,
         "mnist": mnist_digest,
     }
+    precision = resolve_precision(cfg.trainer.precision)
+    if precision != "32-true":  # float32 bodies keep the keys they were cached under
+        relevant["precision"] = precision
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
