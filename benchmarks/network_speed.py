@@ -8,7 +8,8 @@ pretrain (256) batch sizes, and inference at 1, 64 and 256 images, for the confi
 over rounds, so a noisy machine shifts both alike; compare the ratio column. It first checks that both layouts
 give the same outputs (to 1e-4) and stops if they do not.
 
-Then inference with and without the nearest-neighbour memory (``finetune.knn_weight`` and ``knn_case_weight``:
+Then a training step in float32 against bfloat16 autocast (``trainer.precision``: ``bf16-mixed``), and inference
+with and without the nearest-neighbour memory (``finetune.knn_weight`` and ``knn_case_weight``:
 the symbol and the case vote; ``--memory`` glyphs, the size of one member's memory in the pipeline), in the same
 alternating way.
 """
@@ -41,15 +42,17 @@ def _timed(fn, repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats * 1000.0
 
 
-def train_step_ms(net: UkrHwNet, batch: int, repeats: int) -> float:
+def train_step_ms(net: UkrHwNet, batch: int, repeats: int, bf16: bool = False) -> float:
+    """One AdamW step; ``bf16``: the forward pass and loss under bfloat16 autocast, as ``bf16-mixed`` trains."""
     net.train()
     x, ink = torch.rand(batch, 1, 28, 28), torch.rand(batch, 2)
     y, case = torch.randint(0, 43, (batch,)), torch.randint(0, 2, (batch,)).float()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
 
     def step() -> None:
-        sym, case_logit = net(x, ink)
-        loss = F.cross_entropy(sym, y) + F.binary_cross_entropy_with_logits(case_logit, case)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            sym, case_logit = net(x, ink)
+            loss = F.cross_entropy(sym, y) + F.binary_cross_entropy_with_logits(case_logit, case)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -103,9 +106,23 @@ def main(argv: list[str] | None = None) -> int:
         nhwc = statistics.median(times[(what, batch, "NHWC")])
         nchw = statistics.median(times[(what, batch, "NCHW")])
         print(f"{what:12s} {batch:5d} {nhwc:9.2f} {nchw:9.2f} {nchw / nhwc:8.2f}x  {batch / nhwc * 1000:10.0f}")
+    precision_speed(nets["NHWC"], args.rounds)
     if args.memory:
         memory_speed(nets["NHWC"], args.memory, args.rounds)
     return 0
+
+
+def precision_speed(net: UkrHwNet, rounds: int) -> None:
+    """A training step (NHWC) in float32 and under bfloat16 autocast (``trainer.precision``), alternating."""
+    times: dict[tuple[int, bool], list[float]] = {}
+    for _ in range(rounds):
+        for batch, repeats in ((64, 20), (256, 8)):
+            for bf16 in (False, True):
+                times.setdefault((batch, bf16), []).append(train_step_ms(copy.deepcopy(net), batch, repeats, bf16))
+    print(f"\ntrain step {'batch':>5s} {'fp32 ms':>9s} {'bf16 ms':>9s} {'fp32/bf16':>9s}")
+    for batch in (64, 256):
+        fp32, bf16 = (statistics.median(times[(batch, b)]) for b in (False, True))
+        print(f"{'':10s} {batch:5d} {fp32:9.2f} {bf16:9.2f} {fp32 / bf16:8.2f}x")
 
 
 def memory_speed(net: UkrHwNet, size: int, rounds: int) -> None:
