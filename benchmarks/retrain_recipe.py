@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
-        help="another recipe to compare (config overrides, e.g. 'gentler:retrain.lr=0.0005'); repeatable",
+        help="another recipe to compare (config overrides, e.g. 'gentler:retrain.lr=0.0005'; 'start=body': "
+        "fine-tune from the pretrained body as the first training does, not from the champion); repeatable",
     )
     ap.add_argument("--only-variants", action="store_true", help="skip the two default recipes")
     args = ap.parse_args(argv)
@@ -122,9 +123,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, overrides in recipes.items():
                 t = time.perf_counter()
                 data = data_with_feedback(settings, feedback, Path(tmp) / f"{name}-{seed}".replace(" ", "-"))
-                trained = finetune_from_champion(
-                    overrides={**overrides, "seed": str(seed), "trainer.progress": "false"}, settings=data
-                )
+                over = {k: v for k, v in overrides.items() if k != "start"} | {
+                    "seed": str(seed),
+                    "trainer.progress": "false",
+                }
+                if overrides.get("start") == "body":
+                    trained = train_from_body(over, settings, data)
+                else:
+                    trained = finetune_from_champion(overrides=over, settings=data)
                 r = scores(trained["net"])
                 gate = registry.decide_promotion(
                     r["finetune-test"]["outcomes"],
@@ -165,6 +171,17 @@ def _figures(r: dict) -> str:
     if np.isfinite(r["case_accuracy"]):
         out += f"/{r['case_accuracy']:.3f}"
     return out
+
+
+def train_from_body(overrides: dict[str, str], settings: Settings, data: Settings) -> dict:
+    """A variant with ``start=body``: the first training's fine-tune from the MNIST-pretrained body (cached under
+    ``settings``), no champion and no anchor, with the feedback among the glyphs of ``data``."""
+    from ukr_hw import training
+
+    config = training.load_config(settings.path(settings.retrain_config), overrides)
+    body, _ = training.pretrain(config, settings)
+    net, _ = training.finetune(config, data, init=body)
+    return {"net": net}
 
 
 def comnist_users(
