@@ -6,7 +6,7 @@
 1. "Users" draw in the browser: sketchpad drawings (light and dark themes; ``--feedback-sets`` picks, e.g. only
    ``strokes-dark`` for a population of thick-brush users) by writer seeds that no training set has
    (``benchmarks/generalization.py`` sets at ``--feedback-seed``), confirmed as feedback (source ``feedback``).
-2. The retrain flow's fine-tune (``ukr_hw.retraining.finetune_from_champion``) in a copy of the prepared data with
+2. The retrain flow's fine-tune (``ukr_hw.retraining.finetune_with_feedback``) in a copy of the prepared data with
    the feedback among the real training glyphs, as ``ukr-hw retrain`` puts it: each member holds some of it out
    for validation, and ``finetune.case_threshold_fit`` re-fits the threshold on those held-out letters.
 3. The retrained network is scored on *other* unseen writers (``--eval-seed``) and on the frozen split at the
@@ -31,7 +31,7 @@ from ukr_hw.model.case_threshold import raw_case
 from ukr_hw.model.evaluate import predict_samples
 from ukr_hw.model.heldout import build_sets, data_with_feedback, score
 from ukr_hw.model.network import Network, member_nets
-from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_from_champion
+from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_with_feedback
 from ukr_hw.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t = time.perf_counter()
         overrides = {"trainer.progress": "false"} | dict(s.split("=", 1) for s in args.set)
-        trained = finetune_from_champion(overrides=overrides, settings=data_with_feedback(settings, feedback, tmp))
+        trained = finetune_with_feedback(overrides=overrides, settings=data_with_feedback(settings, feedback, tmp))
         m = trained["report"].metrics
         print(
             f"retrained in {time.perf_counter() - t:.0f} s: threshold {configured} → {m['case_threshold']:.2f} "

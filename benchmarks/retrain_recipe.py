@@ -1,4 +1,4 @@
-"""Retraining from the champion: does the new model learn users' own forms, and does it pass the promotion gate?
+"""Retraining on users' drawings: does the new model learn users' own forms, and does it pass the promotion gate?
 
     nice .venv/bin/python benchmarks/retrain_recipe.py [--form 4-open --samples 40 --probes 40] [--seeds 42 1 2]
     nice .venv/bin/python benchmarks/retrain_recipe.py --population comnist [--samples 1000 --writers-seed 23]
@@ -13,11 +13,9 @@
      drawings, by the same hash of the id), and the probe sessions are scored. The loop without the servers: a
      quick way to compare retrain recipes on real writers. Needs a champion that never saw CoMNIST (prepare and
      train with ``UKR_HW_COMNIST=false``) and ``UKR_HW_DATA_MIRROR``.
-2. The retrain flow's fine-tune (``ukr_hw.retraining.finetune_from_champion``), in a copy of the prepared data with
-   the feedback among the training glyphs, once per seed and recipe:
-   - *retrain section*: the champion's weights with the config's ``retrain`` keys over ``finetune``. This is what
-     ``ukr-hw retrain`` runs.
-   - *training recipe*: the champion's weights with ``finetune`` as the first training had it (``retrain: {}``).
+2. The retrain flow's fine-tune (``ukr_hw.retraining.finetune_with_feedback``: from the pretrained body, the config's
+   ``retrain`` keys over ``finetune``), in a copy of the prepared data with the feedback among the training glyphs,
+   once per seed and recipe: *retrain* is what ``ukr-hw retrain`` runs; ``--variant`` adds others.
 3. Every model is scored on ``--probes`` drawings of the form by other writers, on the frozen split (the promotion
    gate: a paired test per population, ``registry.decide_promotion``) and on the held-out sets of
    ``benchmarks/recipe.py``.
@@ -41,12 +39,12 @@ from ukr_hw.data.split import TEST_FILE
 from ukr_hw.data.strokes import UNSEEN_FORMS, render_stroke_glyphs
 from ukr_hw.model.evaluate import Outcomes, predict_samples
 from ukr_hw.model.heldout import cached_sets, data_with_feedback, real_sets, score
-from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_from_champion, role_of
+from ukr_hw.retraining import FEEDBACK_SOURCE, finetune_with_feedback, role_of
 from ukr_hw.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
-RECIPES = {"retrain section": {}, "training recipe": {"retrain": "{}"}}
+RECIPES = {"retrain": {}}
 
 
 def form_drawings(settings: Settings, form: str, n: int, seed: int, source: str) -> Samples:
@@ -73,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
-        help="another recipe to compare (config overrides, e.g. 'gentler:retrain.lr=0.0005'; 'start=body': "
-        "fine-tune from the pretrained body as the first training does, not from the champion); repeatable",
+        help="another recipe to compare (config overrides, e.g. 'feedback 6:retrain.source_weights.feedback=6'); "
+        "repeatable",
     )
-    ap.add_argument("--only-variants", action="store_true", help="skip the two default recipes")
+    ap.add_argument("--only-variants", action="store_true", help="skip the default recipe")
     args = ap.parse_args(argv)
     recipes = {} if args.only_variants else dict(RECIPES)
     for v in args.variant:
@@ -123,14 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, overrides in recipes.items():
                 t = time.perf_counter()
                 data = data_with_feedback(settings, feedback, Path(tmp) / f"{name}-{seed}".replace(" ", "-"))
-                over = {k: v for k, v in overrides.items() if k != "start"} | {
-                    "seed": str(seed),
-                    "trainer.progress": "false",
-                }
-                if overrides.get("start") == "body":
-                    trained = train_from_body(over, settings, data)
-                else:
-                    trained = finetune_from_champion(overrides=over, settings=data)
+                trained = finetune_with_feedback(
+                    overrides={**overrides, "seed": str(seed), "trainer.progress": "false"}, settings=data
+                )
                 r = scores(trained["net"])
                 gate = registry.decide_promotion(
                     r["finetune-test"]["outcomes"],
@@ -171,17 +164,6 @@ def _figures(r: dict) -> str:
     if np.isfinite(r["case_accuracy"]):
         out += f"/{r['case_accuracy']:.3f}"
     return out
-
-
-def train_from_body(overrides: dict[str, str], settings: Settings, data: Settings) -> dict:
-    """A variant with ``start=body``: the first training's fine-tune from the MNIST-pretrained body (cached under
-    ``settings``), no champion and no anchor, with the feedback among the glyphs of ``data``."""
-    from ukr_hw import training
-
-    config = training.load_config(settings.path(settings.retrain_config), overrides)
-    body, _ = training.pretrain(config, settings)
-    net, _ = training.finetune(config, data, init=body)
-    return {"net": net}
 
 
 def comnist_users(

@@ -54,9 +54,9 @@ def ingest_feedback(collected: retraining.Collected, settings: Settings) -> dict
     return retraining.ingest(collected, settings, FeedbackStore.from_settings(settings))
 
 
-@task(name="finetune-from-champion", cache_policy=NO_CACHE)
+@task(name="finetune", cache_policy=NO_CACHE)
 def finetune(config_path: str | None, overrides: dict[str, Any] | None, settings: Settings) -> dict[str, Any]:
-    return retraining.finetune_from_champion(config_path, overrides, settings)
+    return retraining.finetune_with_feedback(config_path, overrides, settings)
 
 
 @task(

@@ -110,7 +110,7 @@ def test_feedback_loop_end_to_end(native_stack) -> None:
     assert s.resolved_tracking_uri() == st.mlflow_url and s.feedback_uri == "s3://feedback"
 
     # 1. a small first champion, in the stack's registry (PostgreSQL + proxied S3 artifacts)
-    trained = retraining.finetune_from_champion(settings=s)
+    trained = retraining.finetune_with_feedback(settings=s)
     first = registry.log_model_and_register(
         trained["net"], report=trained["report"], data_version=data_version(s), params={"stage": "first"}
     )

@@ -19,7 +19,7 @@ from ukr_hw.model.evaluate import evaluate, write_reports
 from ukr_hw.model.lit import LitUkrHw, masked_case_loss, to_input
 from ukr_hw.model.network import EnsembleNet, build_network, member_nets, network_config
 from ukr_hw.settings import get_settings
-from ukr_hw.training import ConfigError, average_weights, finetune, load_config, pretrain
+from ukr_hw.training import ConfigError, finetune, load_config, pretrain
 
 torch.set_num_threads(1)  # a shared CPU: one thread avoids OpenMP spin-waits
 
@@ -242,66 +242,6 @@ def test_overfit_one_batch():
     assert (sym.argmax(1) == y).all()
     letters = case >= 0
     assert ((c[letters] > 0).long() == case[letters]).all()
-
-
-def test_anchor_pulls_towards_the_teacher_only_where_the_teacher_is_right():
-    """The retrain's anchor: no pull while the student still answers like the teacher; once they differ, a pull
-    on the glyphs the teacher gets right and none on those it gets wrong (a form only users' drawings show)."""
-    import copy
-
-    torch.manual_seed(0)
-    s = make_samples(1, seed=7)
-    x, ink = to_input(torch.from_numpy(s.x)), torch.from_numpy(s.ink)
-    case = torch.from_numpy(s.case.astype(np.int64))
-    teacher = build_network({"width": 8, "hidden": 64, "dropout": 0.0}).eval()
-    with torch.no_grad():
-        t_pred = teacher(x, ink)[0].argmax(1)
-    student = copy.deepcopy(teacher)
-    lit = LitUkrHw(student, optim={"anchor_weight": 1.0}, teacher=teacher)
-    assert not any(p is q for p in lit.parameters() for q in teacher.parameters())  # the teacher is not trained
-    assert all(not k.startswith("_teacher") for k in lit.state_dict())
-
-    def grads(y: torch.Tensor) -> torch.Tensor:
-        student.zero_grad()
-        sym, c = student.eval()(x, ink)
-        lit.anchor_loss(x, ink, sym, c + student.config.case_shift, y, case).backward()
-        return torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None])
-
-    assert grads(t_pred).abs().max() < 1e-6  # same answers: nothing to pull
-    with torch.no_grad():
-        student.symbol_head.bias.add_(torch.randn(NUM_CLASSES))
-    assert grads(t_pred).abs().max() > 1e-4  # drifted where the teacher is right: pulled back
-    wrong = (t_pred + 1) % NUM_CLASSES  # the teacher is wrong everywhere: only the labels teach
-    assert grads(wrong).abs().max() < 1e-6
-    with pytest.raises(ValueError, match="needs a teacher"):
-        LitUkrHw(build_network({"width": 4}), optim={"anchor_weight": 1.0})
-    with pytest.raises(ConfigError, match=r"anchor_weight and finetune\.average_with_init need a model to start"):
-        finetune(load_config(None, {"finetune.anchor_weight": "1"}))
-
-
-def test_average_weights_blends_floats_with_the_start_and_keeps_counts():
-    """WiSE-FT for retraining: parameters and float buffers end between the fine-tuned and the starting weights;
-    integer buffers (batch-norm counts) keep the fine-tuned value; a bad share is refused."""
-    import copy
-
-    torch.manual_seed(0)
-    net = build_network({"width": 4, "hidden": 16})
-    start = copy.deepcopy(net.state_dict())
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(1.0)
-    tuned = copy.deepcopy(net.state_dict())
-    average_weights(net, start, 0.25)
-    now = net.state_dict()
-    for name, value in now.items():
-        if value.is_floating_point():
-            assert torch.allclose(value, 0.75 * tuned[name] + 0.25 * start[name]), name
-        else:
-            assert torch.equal(value, tuned[name]), name
-    with pytest.raises(ConfigError, match="average_with_init must be in"):
-        finetune(load_config(None, {"finetune.average_with_init": "1.5"}))
-    with pytest.raises(ConfigError, match="need a model to start from"):
-        finetune(load_config(None, {"finetune.average_with_init": "0.5"}))
 
 
 def test_augment_keeps_shape_range_and_changes_pixels():

@@ -78,7 +78,7 @@ def test_every_yaml_in_configs_loads():
             cfg = TrainConfig.load(path)
             assert cfg.to_dict() == load_config(path)
     train = TrainConfig.load(CONFIGS / "train.yaml")
-    assert train.finetune.members == 2 and train.retrain.model_dump() == {"anchor_weight": 1.0}
+    assert train.finetune.members == 2 and train.retrain.model_dump() == {}
 
 
 def test_tune_config_is_validated(tmp_path):

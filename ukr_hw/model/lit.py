@@ -1,10 +1,7 @@
 """The LightningModule: two-headed loss, augmentation on the batch, torchmetrics, AdamW + OneCycle.
 
 Loss = cross-entropy over the 43 symbols + ``case_weight`` · BCE over the case logit, where the case term is
-masked to letters (``case == -1`` marks digits, which have no case and never contribute). With a ``teacher`` (the
-champion a retrain starts from) and ``anchor_weight`` > 0 it adds an anchor: on the training glyphs the teacher
-gets right, distillation towards its answers (:meth:`LitUkrHw.anchor_loss`), so the new model learns what users
-taught it without redrawing the boundaries the champion had right. Validation logs
+masked to letters (``case == -1`` marks digits, which have no case and never contribute). Validation logs
 ``val/symbol_acc``, ``val/case_acc`` (letters only), ``val/loss`` and ``val/score`` — the mean of the two
 accuracies when the set has letters, else the symbol accuracy — which early stopping and Optuna pruning watch.
 """
@@ -21,7 +18,7 @@ from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
 from ukr_hw.labels import NUM_CLASSES
 from ukr_hw.model.augment import AugmentConfig, augment_batch
-from ukr_hw.model.network import NetConfig, UkrHwNet, build_network, case_shift
+from ukr_hw.model.network import NetConfig, UkrHwNet, build_network
 
 
 @dataclass(frozen=True)
@@ -33,8 +30,6 @@ class OptimConfig:
     body_lr_mult: float = 1.0  #: < 1 fine-tunes the pretrained body more gently than the heads
     label_smoothing: float = 0.05
     case_weight: float = 1.0
-    anchor_weight: float = 0.0  #: weight of the distillation anchor to the teacher (needs a teacher)
-    anchor_temperature: float = 2.0
 
     @classmethod
     def from_dict(cls, d: dict | None) -> OptimConfig:
@@ -63,15 +58,10 @@ class LitUkrHw(L.LightningModule):
         net_config: dict | None = None,
         optim: dict | None = None,
         augment: dict | None = None,
-        teacher: UkrHwNet | None = None,
     ) -> None:
         super().__init__()
         self.net = net if net is not None else build_network(net_config)
         self.optim_cfg = OptimConfig.from_dict(optim)
-        if self.optim_cfg.anchor_weight > 0 and teacher is None:
-            raise ValueError("anchor_weight > 0 needs a teacher: the model the fine-tune starts from")
-        # a tuple keeps the frozen teacher out of this module's parameters, state_dict and checkpoints
-        self._teacher = (teacher.eval().requires_grad_(False),) if teacher is not None else ()
         self.augment_cfg = AugmentConfig.from_dict(augment) if augment is not None else AugmentConfig.off()
         self.save_hyperparameters(
             {"net": self.net.config.to_dict(), "optim": asdict(self.optim_cfg), "augment": self.augment_cfg.to_dict()}
@@ -93,35 +83,12 @@ class LitUkrHw(L.LightningModule):
         case_loss = masked_case_loss(case_logit, case)
         return sym_loss + self.optim_cfg.case_weight * case_loss, sym_loss, case_loss
 
-    def anchor_loss(self, x, ink, sym_logits, case_logit, y, case) -> torch.Tensor:
-        """Distillation towards the teacher, on the glyphs it gets right: KL divergence of the symbol distributions
-        at ``anchor_temperature`` (× T²), plus ``case_weight`` × BCE to its raw P(upper) on the letters whose case
-        it also gets right. Where the teacher is wrong (a form only users' drawings show) only the labels teach."""
-        teacher = self._teacher[0]
-        if next(teacher.parameters()).device != x.device:  # outside the module, Lightning does not move it
-            teacher.to(x.device)
-        with torch.no_grad():
-            t_sym, t_case = teacher(x, ink)  # eval mode: its case logit less its threshold
-        right = t_sym.argmax(1) == y
-        temp = self.optim_cfg.anchor_temperature
-        log_p, log_t = F.log_softmax(sym_logits / temp, 1), F.log_softmax(t_sym / temp, 1)
-        kl = F.kl_div(log_p, log_t, reduction="none", log_target=True).sum(1) * temp**2
-        sym = (kl * right).sum() / right.sum().clamp(min=1)
-        letters = right & (case >= 0) & ((t_case > 0) == (case == 1))
-        target = torch.sigmoid(t_case + case_shift(teacher))
-        bce = F.binary_cross_entropy_with_logits(case_logit, target, reduction="none")
-        return sym + self.optim_cfg.case_weight * (bce * letters).sum() / letters.sum().clamp(min=1)
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, ink, y, case = batch
         x, ink = augment_batch(to_input(x), ink.float(), self.augment_cfg)
         sym_logits, case_logit = self.net(x, ink)
         loss, _sym_loss, case_loss = self._losses(sym_logits, case_logit, y, case)
         n = len(y)
-        if self._teacher and self.optim_cfg.anchor_weight > 0:
-            anchor = self.anchor_loss(x, ink, sym_logits, case_logit, y, case)
-            loss = loss + self.optim_cfg.anchor_weight * anchor
-            self.log("train/anchor_loss", anchor, on_step=False, on_epoch=True, batch_size=n)
         self.train_sym(sym_logits, y)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/case_loss", case_loss, batch_size=n)

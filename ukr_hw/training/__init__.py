@@ -23,7 +23,7 @@ from ukr_hw.training.config import (
     load_config,
     read_yaml,
 )
-from ukr_hw.training.finetune import MemberFit, average_weights, finetune, finetune_datamodule, save_reports
+from ukr_hw.training.finetune import MemberFit, finetune, finetune_datamodule, save_reports
 from ukr_hw.training.pretrain import PretrainResult, pretrain, pretrain_key
 from ukr_hw.training.trainer import make_trainer, setup_torch
 
@@ -34,7 +34,6 @@ __all__ = [
     "TrainConfig",
     "TuneConfig",
     "apply_overrides",
-    "average_weights",
     "deep_merge",
     "finetune",
     "finetune_datamodule",

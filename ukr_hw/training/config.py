@@ -214,13 +214,6 @@ class FinetuneSection(Section):
     #: share of a case vote of the remembered letters of the predicted symbol nearest in style and size (0: off)
     knn_case_weight: Number = 0.0
     knn_ink_scale: Number = 2.0  #: how much the ink boxes' L1 distance counts against embedding similarity
-    #: distillation towards the model the fine-tune starts from, on the glyphs it gets right (0: off); meant for
-    #: retraining from the champion (the retrain section), not for the first fine-tune from the MNIST body
-    anchor_weight: Number | None = 0.0
-    anchor_temperature: Number = 2.0
-    #: a > 0: the weights end as (1 - a) × the fine-tuned ones + a × those it started from (WiSE-FT); meant, like
-    #: the anchor, for retraining from the champion; needs a model to start from
-    average_with_init: Number | None = 0.0
 
 
 #: ``retrain``: finetune keys, only those given

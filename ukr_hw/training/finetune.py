@@ -7,7 +7,6 @@ scores the model on the frozen ``finetune_test`` split.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -238,50 +237,24 @@ def _finetune_one(
     net_cfg = {**config.net.model_dump(), **init_net_fields}
     if f.dropout is not None:
         net_cfg["dropout"] = float(f.dropout)
-    anchored = float(f.anchor_weight or 0) > 0
-    keep = float(f.average_with_init or 0)
-    if not 0 <= keep < 1:
-        raise ConfigError(f"finetune.average_with_init must be in [0, 1), got {keep}")
-    if (anchored or keep) and init is None:
-        raise ConfigError(
-            "finetune.anchor_weight and finetune.average_with_init need a model to start from (init); set them to 0"
-        )
     net = UkrHwNet(NetConfig.from_dict(net_cfg))
-    teacher, start = None, None
     if init is not None:
         net.load_state_dict(init.state_dict())
-        net.forget()  # a champion's memory belongs to its weights: validation judges the network alone
-        teacher = copy.deepcopy(net) if anchored else None
-        start = copy.deepcopy(net.state_dict()) if keep else None
+        net.forget()  # a trained model's memory belongs to its weights: validation judges the network alone
     dm = finetune_datamodule(config, settings, extra)
-    lit = LitUkrHw(net, optim=optim_settings(f), augment=config.augment.model_dump(), teacher=teacher)
+    lit = LitUkrHw(net, optim=optim_settings(f), augment=config.augment.model_dump())
     best = BestWeights("val/score", "max")
     cbs: list[Any] = [best, *callbacks]
     if f.patience:
         cbs.append(EarlyStopping("val/score", mode="max", patience=int(f.patience)))
     trainer = make_trainer(config, f.epochs, callbacks=cbs, logger=logger)
     trainer.fit(lit, datamodule=dm)
-    if start is not None:
-        average_weights(lit.net, start, keep)
     fit = MemberFit(
         val_score=float(best.best) if best.best is not None else float("nan"),
         best_epoch=float(best.best_epoch if best.best_epoch is not None else -1),
         epochs_run=float(trainer.current_epoch),
     )
     return lit.net.eval(), fit, dm
-
-
-def average_weights(net: torch.nn.Module, start: Mapping[str, torch.Tensor], keep: float) -> None:
-    """In place: every floating-point parameter and buffer becomes ``(1 - keep) × its value + keep × start[name]``.
-
-    Weight-space ensembling of a fine-tune with the model it started from (WiSE-FT, Wortsman et al. 2022): the
-    two lie in one basin, so the average keeps most of what each knows. Integer buffers (batch counts) stay.
-    """
-    with torch.no_grad():
-        for name, value in net.state_dict().items():
-            old = start.get(name)
-            if value.is_floating_point() and old is not None and old.shape == value.shape:
-                value.mul_(1 - keep).add_(old.to(value.device, value.dtype), alpha=keep)
 
 
 def save_reports(report: EvalReport, settings: Settings | None = None) -> dict[str, Path]:

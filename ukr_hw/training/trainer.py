@@ -19,8 +19,6 @@ OPTIM_KEYS = (
     "body_lr_mult",
     "label_smoothing",
     "case_weight",
-    "anchor_weight",
-    "anchor_temperature",
 )
 
 
