@@ -419,7 +419,7 @@ def test_config_merge_and_overrides(tmp_path):
     assert cfg["finetune"]["lr"] == 0.0123 and cfg["finetune"]["epochs"] == 3 and cfg["augment"]["rotation_deg"] == 5
     with pytest.raises(ConfigError, match=r"unknown config key 'finetune\.lrr'"):
         load_config(None, {"finetune.lrr": "1"})
-    # retrain holds finetune keys (what `ukr-hw retrain` changes when it starts from the champion)
+    # retrain holds finetune keys (what `ukr-hw retrain` changes)
     assert load_config(None, {"retrain.lr": "1e-3"})["retrain"] == {"lr": 0.001}
     with pytest.raises(ConfigError, match=r"unknown config key 'retrain\.lrr'"):
         load_config(None, {"retrain.lrr": "1"})

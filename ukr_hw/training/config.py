@@ -12,7 +12,7 @@ One model per YAML section (:class:`NetSection`, :class:`TrainerSection`, :class
 
 Two kinds of section hold only the keys they are given (:class:`PartialSection`): ``augment`` (fine-tune
 augmentation; :class:`~ukr_hw.model.augment.AugmentConfig` fills in the rest) and ``retrain`` (finetune keys that
-``ukr-hw retrain`` puts over ``finetune`` when it starts from the champion). Numbers keep the type they were written
+``ukr-hw retrain`` puts over ``finetune``). Numbers keep the type they were written
 with (``lr: 1`` stays ``1``), so MLflow params and the pretrain cache key read as written.
 """
 
@@ -230,7 +230,7 @@ class TrainConfig(Section):
     finetune: FinetuneSection = Field(default_factory=FinetuneSection)
     #: fine-tune augmentation, see :class:`ukr_hw.model.augment.AugmentConfig` (its defaults for keys left out)
     augment: AugmentSection = Field(default_factory=AugmentSection)
-    #: finetune keys that replace those above when retraining starts from the champion's weights (ukr-hw retrain)
+    #: finetune keys that replace those above when retraining (ukr-hw retrain)
     retrain: Annotated[RetrainSection, BeforeValidator(_mapping_of_finetune_keys)] = Field(
         default_factory=RetrainSection
     )
