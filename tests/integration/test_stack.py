@@ -59,6 +59,12 @@ def test_s3_server_roundtrip_auth_and_outage(s3_server: stack.S3Server, s3_bucke
     client = s3_server.client()
     client.put_object(Bucket=s3_bucket, Key="2026/01/01/a.json", Body=b'{"x": 1}')
     assert client.get_object(Bucket=s3_bucket, Key="2026/01/01/a.json")["Body"].read() == b'{"x": 1}'
+    # ensuring a bucket that exists (as when the server made it in the background) keeps it and what it holds
+    assert s3_server.ensure_bucket(s3_bucket) == s3_bucket
+    assert client.get_object(Bucket=s3_bucket, Key="2026/01/01/a.json")["Body"].read() == b'{"x": 1}'
+    fresh = f"{s3_bucket}-new"
+    assert s3_server.ensure_bucket(fresh) == fresh and s3_server.ensure_bucket(fresh) == fresh
+    client.head_bucket(Bucket=fresh)
 
     intruder = boto3.client(
         "s3",

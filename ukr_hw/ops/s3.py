@@ -181,11 +181,16 @@ class S3Server:
             self._proc = None
 
     def ensure_bucket(self, name: str) -> str:
-        client = self.client()
+        """Create bucket ``name`` unless it exists. Not "look, then create": SeaweedFS makes its ``-bucket`` buckets in
+        the background after it answers, so a bucket missing at one call may exist at the next (seen: 404 on
+        ``HeadBucket``, then ``BucketAlreadyOwnedByYou`` on ``CreateBucket``)."""
+        from botocore.exceptions import ClientError
+
         try:
-            client.head_bucket(Bucket=name)
-        except Exception:
-            client.create_bucket(Bucket=name)
+            self.client().create_bucket(Bucket=name)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
         return name
 
     def create_bucket(self, prefix: str = "test") -> str:
