@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"finetune.members": "1"} | dict(s.split("=", 1) for s in args.set)  # a seed is one network
     # the body is pretrained with the recipe's network and trainer (net.*, trainer.* overrides: width, precision),
     # cached per network and precision
-    net_overrides = {k: v for k, v in overrides.items() if k.startswith(("net.", "trainer."))}
-    body_config = training.load_config(args.config, net_overrides | {"seed": str(args.body)})
+    body_overrides = {k: v for k, v in overrides.items() if k.startswith(("net.", "trainer."))}
+    body_config = training.load_config(args.config, body_overrides | {"seed": str(args.body)})
     body, pre = training.pretrain(body_config, settings)
     print(
         f"body seed {args.body}: MNIST test accuracy {pre['mnist_test_accuracy']:.4f} ({pre['seconds']:.0f} s)",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ukr_hw.feedback.record import StoreUnavailable
-from ukr_hw.ops.s3 import s3_client
+from ukr_hw.ops.s3 import bucket_already_exists, s3_client
 from ukr_hw.settings import Settings
 
 #: Error codes S3 servers answer for a missing key (``head_object`` has no body, so only the status).
@@ -142,7 +142,7 @@ class S3Backend:
             try:
                 self._call(self.client.create_bucket, Bucket=self.bucket)
             except ClientError as exc2:
-                if exc2.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                if not bucket_already_exists(exc2):
                     raise
         self._bucket_ok = True
 

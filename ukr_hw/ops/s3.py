@@ -29,6 +29,12 @@ _WEED_PORTS = (
 )
 
 
+def bucket_already_exists(exc: Exception) -> bool:
+    """Whether a ``CreateBucket`` error only says the bucket is already there (ours, or made meanwhile)."""
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
+
+
 def s3_client(
     endpoint_url: str | None,
     access_key: str | None,
@@ -189,7 +195,7 @@ class S3Server:
         try:
             self.client().create_bucket(Bucket=name)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            if not bucket_already_exists(exc):
                 raise
         return name
 
